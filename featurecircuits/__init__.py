@@ -1,0 +1,17 @@
+"""featurecircuits: sparse feature circuits in language models, found fast with Relevance Patching."""
+
+from .attribution import METHODS, Attribution, AttributionConfig, attribute, pearson
+from .data import Batch, logit_diff, make_batch, single_token
+from .dictionaries import check_dictionary, decoder_norms, load_dictionaries, load_dictionary, save_dictionary
+from .lrp import FAMILY_RULES, LRPConfig, apply_rules, default_rules
+from .models import FAMILIES, Model, Submodule, load_model
+from .splice import Splice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES", "FAMILY_RULES", "METHODS", "Attribution", "AttributionConfig", "Batch", "LRPConfig",
+    "Model", "Splice", "Submodule", "apply_rules", "attribute", "check_dictionary", "decoder_norms",
+    "default_rules", "load_dictionaries", "load_dictionary", "load_model", "logit_diff", "make_batch",
+    "pearson", "save_dictionary", "single_token",
+]

@@ -1,0 +1,332 @@
+"""Node attribution: activation patching (AP), AtP, Relevance Patching (RelP) and integrated gradients (IG).
+
+All four share one signature (:func:`attribute`) and score every node of the chosen submodules: at
+component level a submodule's output at one position (summed over the hidden dimension); at feature
+level each dictionary feature at each position, plus one error node per position.
+
+Direction (recorded in the result): "noising" (default, Sparse Feature Circuits) runs on the clean input
+and patches in the patch input's activations: Δ = a(patch) − a(clean), AP = m(clean with a ← a(patch)) −
+m(clean). "denoising" swaps the roles. The metric and direction are the same for every method.
+
+Cost: AtP and RelP take 2 forwards + 1 backward for all submodules together; IG takes N forwards and
+backwards per submodule (batched along α); AP one forward per node (batched along the batch dimension).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Batch, Metric, logit_diff
+from .lrp import LRPConfig, apply_rules, default_rules
+from .models import Model, Submodule
+from .splice import Parts, Splice, run
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["noising", "denoising"]
+IGRule = Literal["left", "midpoint"]
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    method: str = "relp"
+    direction: Direction = "noising"
+    ig_steps: int = 10
+    ig_rule: IGRule = "left"
+    lrp: LRPConfig | None = None  # None: the model family's default rules
+    max_batch: int = 256  # sequences per forward for AP and IG
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.direction not in get_args(Direction):
+            raise ValueError(f"unknown direction {self.direction!r}; valid: {', '.join(get_args(Direction))}")
+        if self.ig_rule not in get_args(IGRule):
+            raise ValueError(f"unknown ig_rule {self.ig_rule!r}; valid: {', '.join(get_args(IGRule))}")
+        if not (isinstance(self.ig_steps, int) and self.ig_steps >= 1):
+            raise ValueError(f"ig_steps must be a positive integer, got {self.ig_steps!r}")
+        if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
+            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch!r}")
+
+
+@dataclass
+class Attribution:
+    """Per-example, per-position node scores, and what edge scoring needs.
+
+    ``scores[sub]`` is (B, T) for a component-level submodule and (B, T, F) for a feature-level one;
+    ``error_scores[sub]`` is (B, T) for feature-level submodules. ``deltas`` and ``coefficients`` hold,
+    per submodule and part ("act", "err"), Δ = source − base and the method's coefficient (gradient for
+    AtP, LRP coefficient for RelP, path-averaged gradient for IG; none for AP).
+    """
+
+    method: str
+    direction: str
+    level: str
+    submodules: list[str]
+    scores: dict[str, torch.Tensor]
+    error_scores: dict[str, torch.Tensor]
+    metric_base: torch.Tensor  # m on the base run (clean when noising), per example
+    metric_source: torch.Tensor  # m on the source run (patch when noising)
+    deltas: dict[str, Parts] = field(default_factory=dict, repr=False)
+    coefficients: dict[str, Parts] = field(default_factory=dict, repr=False)
+    config: AttributionConfig | None = None
+
+    def node_totals(self, sub: str) -> torch.Tensor:
+        """Per-example total over every node of a submodule (features + error), shape (B,)."""
+        total = self.scores[sub].flatten(1).sum(1)
+        if sub in self.error_scores:
+            total = total + self.error_scores[sub].sum(1)
+        return total
+
+    def position_scores(self, sub: str) -> torch.Tensor:
+        """(B, T) score per position: the component score, or features + error summed."""
+        s = self.scores[sub]
+        if s.ndim == 3:
+            s = s.sum(-1) + self.error_scores[sub]
+        return s
+
+
+def _roles(batch: Batch, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base ids, source ids): the run we intervene on and the run we take activations from."""
+    return (batch.clean, batch.patch) if direction == "noising" else (batch.patch, batch.clean)
+
+
+def _check_metric(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    if not isinstance(values, torch.Tensor) or values.shape != (n,):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"the metric must return one value per example, shape ({n},); got {shape}")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"the metric is not finite on the {what} run: {values.tolist()}")
+    return values
+
+
+def _check_tokens(model: Model, batch: Batch) -> None:
+    vocab = model.hf.get_input_embeddings().num_embeddings
+    for name in ("clean", "patch", "clean_answer", "patch_answer"):
+        t = getattr(batch, name)
+        if t.numel() and (t.min() < 0 or t.max() >= vocab):
+            raise ValueError(f"{name} holds token ids outside the model's vocabulary [0, {vocab})")
+
+
+def _capture(model: Model, splice: Splice, ids: torch.Tensor) -> tuple[dict[str, Parts], torch.Tensor]:
+    store: dict[str, Parts] = {}
+    with torch.no_grad():
+        logits = run(model, ids, splice.capture_edit(store), splice.submodules)
+    return store, logits
+
+
+def _reduce(splice: Splice, sub: Submodule, part: str, elementwise: torch.Tensor) -> torch.Tensor:
+    """Sum over the hidden dimension, except for features (one score each)."""
+    if part == "act" and splice.has_features(sub):
+        return elementwise
+    return elementwise.sum(-1)
+
+
+def _finish(splice: Splice, cfg: AttributionConfig, per_part: dict[str, Parts], m_base, m_src,
+            deltas, coefs) -> Attribution:
+    scores = {name: p["act"] for name, p in per_part.items()}
+    errors = {name: p["err"] for name, p in per_part.items() if "err" in p}
+    return Attribution(cfg.method, cfg.direction, splice.level, [s.name for s in splice.submodules],
+                       scores, errors, m_base.detach(), m_src.detach(), deltas, coefs, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# AtP and RelP: one backward for all submodules
+
+
+def _gradient_method(model: Model, splice: Splice, batch: Batch, metric: Metric, cfg: AttributionConfig,
+                     rules: LRPConfig | None, progress: bool) -> Attribution:
+    base_ids, src_ids = _roles(batch, cfg.direction)
+    src_parts, src_logits = _capture(model, splice, src_ids)
+    m_src = _check_metric(metric(src_logits, batch).detach(), len(batch), "source")
+    leaves: dict[str, Parts] = {}
+    with apply_rules(model, rules) if rules is not None else nullcontext():
+        logits = run(model, base_ids, splice.leaf_edit(leaves), splice.submodules)
+    m_base = _check_metric(metric(logits, batch), len(batch), "base")
+    flat = [(name, part, t) for name, parts in leaves.items() for part, t in parts.items()]
+    grads = torch.autograd.grad(m_base.sum(), [t for _, _, t in flat], allow_unused=True)
+    deltas: dict[str, Parts] = {}
+    coefs: dict[str, Parts] = {}
+    per_part: dict[str, Parts] = {}
+    by_name = {s.name: s for s in splice.submodules}
+    for (name, part, leaf), g in zip(flat, grads, strict=True):
+        g = torch.zeros_like(leaf) if g is None else g
+        d = src_parts[name][part] - leaf.detach()
+        deltas.setdefault(name, {})[part] = d
+        coefs.setdefault(name, {})[part] = g
+        per_part.setdefault(name, {})[part] = _reduce(splice, by_name[name], part, d * g)
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs)
+
+
+def atp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
+    return _gradient_method(model, splice, batch, metric, cfg, None, progress)
+
+
+def relp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
+    rules = cfg.lrp or default_rules(model.family.name)
+    return _gradient_method(model, splice, batch, metric, cfg, rules, progress)
+
+
+# --------------------------------------------------------------------------------------------------
+# IG: one submodule at a time, all its nodes interpolated together, steps batched
+
+
+def _alphas(cfg: AttributionConfig) -> torch.Tensor:
+    k = torch.arange(cfg.ig_steps, dtype=torch.float32)
+    return (k + 0.5) / cfg.ig_steps if cfg.ig_rule == "midpoint" else k / cfg.ig_steps
+
+
+def _expand(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Tile along the batch dimension, copy-major."""
+    return t.repeat(k, *([1] * (t.ndim - 1)))
+
+
+def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
+    base_ids, src_ids = _roles(batch, cfg.direction)
+    base_parts, base_logits = _capture(model, splice, base_ids)
+    src_parts, src_logits = _capture(model, splice, src_ids)
+    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
+    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
+    n = len(batch)
+    alphas = _alphas(cfg)
+    per_chunk = max(1, cfg.max_batch // n)
+    deltas, coefs, per_part = {}, {}, {}
+    for sub in tqdm(splice.submodules, desc="IG", disable=not progress):
+        base, src = base_parts[sub.name], src_parts[sub.name]
+        delta = {k: src[k] - base[k] for k in base}
+        grad_sum = {k: torch.zeros_like(v) for k, v in base.items()}
+        for start in range(0, len(alphas), per_chunk):
+            a = alphas[start:start + per_chunk]
+            shape = (len(a) * n,)
+            leaves = {}
+            for k in base:
+                av = a.to(base[k].dtype).repeat_interleave(n).view(*shape, *([1] * (base[k].ndim - 1)))
+                leaves[k] = (_expand(base[k], len(a)) + av * _expand(delta[k], len(a))).requires_grad_(True)
+            base_rep = {k: _expand(v, len(a)) for k, v in base.items()}
+
+            def edit(s, x, leaves=leaves, base_rep=base_rep):
+                return splice.patched(s, x, base_rep, leaves)
+
+            logits = run(model, _expand(base_ids, len(a)), edit, [sub])
+            m = _check_metric(metric(logits, batch.repeat(len(a))), len(a) * n, "interpolated")
+            keys = list(leaves)
+            grads = torch.autograd.grad(m.sum(), [leaves[k] for k in keys])
+            for k, g in zip(keys, grads, strict=True):
+                grad_sum[k] += g.view(len(a), n, *g.shape[1:]).sum(0)
+        coefs[sub.name] = {k: g / cfg.ig_steps for k, g in grad_sum.items()}
+        deltas[sub.name] = delta
+        per_part[sub.name] = {k: _reduce(splice, sub, k, delta[k] * coefs[sub.name][k]) for k in base}
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs)
+
+
+# --------------------------------------------------------------------------------------------------
+# AP: the exact effect of patching one node, many nodes per forward
+
+
+def _ap_nodes(splice: Splice, sub: Submodule, delta: Parts) -> list[tuple[str, int, int | None]]:
+    """(part, position, feature index or None for the whole vector) for every node that can move."""
+    T = delta["act"].shape[1]
+    if not splice.has_features(sub):
+        return [("act", t, None) for t in range(T)]
+    moving = (delta["act"] != 0).any(0).nonzero().tolist()  # (t, i) where some example changes
+    return [("act", t, i) for t, i in moving] + [("err", t, None) for t in range(T)]
+
+
+def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
+    base_ids, src_ids = _roles(batch, cfg.direction)
+    base_parts, base_logits = _capture(model, splice, base_ids)
+    src_parts, src_logits = _capture(model, splice, src_ids)
+    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
+    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
+    n = len(batch)
+    per_chunk = max(1, cfg.max_batch // n)
+    deltas, per_part = {}, {}
+    for sub in splice.submodules:
+        base, src = base_parts[sub.name], src_parts[sub.name]
+        delta = {k: src[k] - base[k] for k in base}
+        deltas[sub.name] = delta
+        out = {k: torch.zeros(_reduce(splice, sub, k, v).shape) for k, v in base.items()}
+        nodes = _ap_nodes(splice, sub, delta)
+        chunks = range(0, len(nodes), per_chunk)
+        for start in tqdm(chunks, desc=f"AP {sub.name}", disable=not progress):
+            chunk = nodes[start:start + per_chunk]
+            new = {k: _expand(v, len(chunk)).clone() for k, v in base.items()}
+            for j, (part, t, i) in enumerate(chunk):
+                rows = slice(j * n, (j + 1) * n)
+                if i is None:
+                    new[part][rows, t] = src[part][:, t]
+                else:
+                    new[part][rows, t, i] = src[part][:, t, i]
+            base_rep = {k: _expand(v, len(chunk)) for k, v in base.items()}
+
+            def edit(s, x, new=new, base_rep=base_rep):
+                return splice.patched(s, x, base_rep, new)
+
+            with torch.no_grad():
+                logits = run(model, _expand(base_ids, len(chunk)), edit, [sub])
+                m = _check_metric(metric(logits, batch.repeat(len(chunk))), len(chunk) * n, "patched")
+            effect = m.view(len(chunk), n) - m_base
+            for j, (part, t, i) in enumerate(chunk):
+                if i is None:
+                    out[part][:, t] = effect[j]
+                else:
+                    out[part][:, t, i] = effect[j]
+        per_part[sub.name] = out
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, {})
+
+
+MethodFn = Callable[..., Attribution]
+METHODS: dict[str, MethodFn] = {"ap": ap, "atp": atp, "relp": relp, "ig": ig}
+
+
+def attribute(
+    model: Model,
+    batch: Batch,
+    *,
+    method: str = "relp",
+    dictionaries: dict | None = None,
+    submodules=None,
+    metric: Metric = logit_diff,
+    direction: Direction = "noising",
+    lrp: LRPConfig | None = None,
+    ig_steps: int = 10,
+    ig_rule: IGRule = "left",
+    max_batch: int = 256,
+    progress: bool = False,
+) -> Attribution:
+    """Score every node of ``submodules`` (default: those with dictionaries, else all) with ``method``.
+
+    With ``dictionaries`` (submodule name → dictionary) nodes are features and error terms; without,
+    nodes are component outputs per position.
+    """
+    cfg = AttributionConfig(method=method, direction=direction, ig_steps=ig_steps, ig_rule=ig_rule,
+                            lrp=lrp, max_batch=max_batch)
+    if len(batch) == 0:
+        raise ValueError("the batch is empty")
+    _check_tokens(model, batch)
+    batch = batch.to(model.device)
+    splice = Splice(model, dictionaries, submodules)
+    result = METHODS[method](model, splice, batch, metric, cfg, progress)
+    for name, s in result.scores.items():
+        if not torch.isfinite(s).all():
+            raise FloatingPointError(f"{method} produced non-finite scores at {name}")
+    log.info("%s on %d examples × %d tokens: %d submodules", method, len(batch), batch.n_tokens,
+             len(result.submodules))
+    return result
+
+
+def pearson(a, b) -> float:
+    """Pearson correlation of two equally shaped arrays (flattened); NaN when either is constant."""
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")

@@ -1,0 +1,252 @@
+"""Load a language model, wrap it with nnsight, and describe where its submodules live.
+
+A *submodule* is a place whose output we read, patch or splice a dictionary into: ``embed``,
+``attn_<l>``, ``mlp_<l>`` and ``resid_<l>`` (the output of decoder layer ``l``). Each model family
+(GPT-NeoX/Pythia, GPT-2, Llama, Qwen2, Gemma2, Gemma3) is described once in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nnsight
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SubmoduleKind = Literal["embed", "attn", "mlp", "resid"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ORGANISM_DIR = REPO_ROOT / "models" / "organism"
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its parts, and which LRP rules its modules need."""
+
+    name: str
+    model_types: tuple[str, ...]
+    embed: str  # dotted path of the module whose output is the embedding node
+    layers: str  # dotted path of the ModuleList of decoder layers
+    attn: str  # attribute of a decoder layer
+    mlp: str  # attribute of a decoder layer
+    act: str  # attribute of the MLP holding the elementwise activation module
+    act_config_keys: tuple[str, ...]  # config attributes naming the activation function
+    gate: tuple[str, str] | None = None  # (up projection, down projection) of a gated MLP
+    parallel_residual: bool | None = False  # None: read config.use_parallel_residual
+    norm_weight_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
+            attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",),
+            parallel_residual=None,
+        ),
+        # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output
+        # is that sum, so it is the embedding node.
+        Family(
+            "gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h",
+            attn="attn", mlp="mlp", act="act", act_config_keys=("activation_function",),
+        ),
+        Family(
+            "llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
+            attn="self_attn", mlp="mlp", act="act_fn", act_config_keys=("hidden_act",),
+            gate=("up_proj", "down_proj"),
+        ),
+        Family(
+            "qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",
+            attn="self_attn", mlp="mlp", act="act_fn", act_config_keys=("hidden_act",),
+            gate=("up_proj", "down_proj"),
+        ),
+        Family(
+            "gemma2", ("gemma2",), embed="model.embed_tokens", layers="model.layers",
+            attn="self_attn", mlp="mlp", act="act_fn",
+            act_config_keys=("hidden_activation", "hidden_act"), gate=("up_proj", "down_proj"),
+            norm_weight_offset=1.0,
+        ),
+        Family(
+            "gemma3", ("gemma3", "gemma3_text"), embed="model.embed_tokens", layers="model.layers",
+            attn="self_attn", mlp="mlp", act="act_fn",
+            act_config_keys=("hidden_activation", "hidden_act"), gate=("up_proj", "down_proj"),
+            norm_weight_offset=1.0,
+        ),
+    )
+}
+
+
+def family_for(config) -> Family:
+    model_type = getattr(config, "model_type", None)
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise ValueError(f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported)}")
+
+
+@dataclass(frozen=True)
+class Submodule:
+    """One readable/writable output of the model."""
+
+    name: str  # "embed", "attn_3", "mlp_3", "resid_3"
+    kind: SubmoduleKind
+    layer: int  # -1 for the embedding
+    path: str  # dotted module path in the Hugging Face model
+    tuple_output: bool  # attention modules return (output, weights)
+
+
+# Folder names used by the Sparse Feature Circuits dictionaries, mapped to ours.
+_SFC_NAMES = {"attn_out_layer": "attn", "mlp_out_layer": "mlp", "resid_out_layer": "resid"}
+
+
+def canonical_name(name: str) -> str:
+    """Map ``attn_out_layer3`` (Sparse Feature Circuits folder names) to ``attn_3``; others unchanged."""
+    for prefix, kind in _SFC_NAMES.items():
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return f"{kind}_{name[len(prefix):]}"
+    return name
+
+
+def sfc_name(sub: Submodule) -> str:
+    """The Sparse Feature Circuits folder name of a submodule (``attn_3`` → ``attn_out_layer3``)."""
+    return "embed" if sub.kind == "embed" else f"{sub.kind}_out_layer{sub.layer}"
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+class Model:
+    """A Hugging Face causal LM wrapped in nnsight, with its family's layout."""
+
+    def __init__(self, hf_model: nn.Module, tokenizer=None, *, name: str | None = None):
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.config = hf_model.config
+        self.family = family_for(self.config)
+        self.name = name or getattr(self.config, "_name_or_path", "") or self.family.name
+        self.nn = nnsight.NNsight(self.hf)
+        layers = _get(self.hf, self.family.layers)
+        self.n_layers = len(layers)
+        subs = [Submodule("embed", "embed", -1, self.family.embed, False)]
+        for l in range(self.n_layers):
+            base = f"{self.family.layers}.{l}"
+            subs += [
+                Submodule(f"attn_{l}", "attn", l, f"{base}.{self.family.attn}", True),
+                Submodule(f"mlp_{l}", "mlp", l, f"{base}.{self.family.mlp}", False),
+                Submodule(f"resid_{l}", "resid", l, base, False),
+            ]
+        self.submodules: list[Submodule] = subs  # in execution order
+        self._by_name = {s.name: s for s in subs}
+
+    # -- layout -----------------------------------------------------------------------------------
+    @property
+    def parallel_residual(self) -> bool:
+        fixed = self.family.parallel_residual
+        return bool(getattr(self.config, "use_parallel_residual", True)) if fixed is None else fixed
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    def submodule(self, name: str) -> Submodule:
+        key = canonical_name(name)
+        if key not in self._by_name:
+            raise ValueError(
+                f"unknown submodule {name!r} for this {self.n_layers}-layer model; valid: "
+                f"{', '.join(self._by_name)}"
+            )
+        return self._by_name[key]
+
+    def select(self, names) -> list[Submodule]:
+        """Submodules by name, returned in execution order (all when ``names`` is None)."""
+        if names is None:
+            return list(self.submodules)
+        wanted = {self.submodule(n).name for n in names}
+        return [s for s in self.submodules if s.name in wanted]
+
+    def module(self, sub: Submodule) -> nn.Module:
+        return _get(self.hf, sub.path)
+
+    def layer_module(self, layer: int, attr: str | None = None) -> nn.Module:
+        mod = _get(self.hf, f"{self.family.layers}.{layer}")
+        return getattr(mod, attr) if attr else mod
+
+    def envoy(self, sub: Submodule):
+        return _get(self.nn, sub.path)
+
+    def activation_name(self) -> str:
+        for key in self.family.act_config_keys:
+            value = getattr(self.config, key, None)
+            if isinstance(value, str):
+                return value
+        return "unknown"
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, family={self.family.name}, layers={self.n_layers}, d_model={self.d_model})"
+
+
+def load_model(
+    name_or_model,
+    *,
+    tokenizer=None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> Model:
+    """Load ``"organism"``, a local directory, a Hugging Face hub id, or wrap an in-memory model.
+
+    Models are loaded with eager attention, so the attention pattern is an explicit tensor that the
+    AH-rule can hold constant.
+    """
+    if isinstance(name_or_model, Model):
+        return name_or_model
+    if isinstance(name_or_model, nn.Module):
+        family_for(name_or_model.config)
+        model = Model(name_or_model, tokenizer)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = str(name_or_model)
+        source = name
+        if name == "organism":
+            if not (ORGANISM_DIR / "config.json").exists():
+                raise FileNotFoundError(
+                    f"the organism is not at {ORGANISM_DIR}; rebuild it with `featurecircuits organism train`"
+                )
+            source = str(ORGANISM_DIR)
+        elif name.endswith(".gguf"):
+            raise ValueError("GGUF files are loaded with featurecircuits.models.load_gguf")
+        kwargs = {"attn_implementation": "eager"}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"could not load model {name!r}: not a local directory with config.json and weights, and "
+                f"not reachable on the Hugging Face hub ({exc.__class__.__name__}). Use 'organism' offline."
+            ) from exc
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        model = Model(hf, tokenizer, name=name)
+    if device is not None or dtype is not None:
+        model.hf.to(device=device, dtype=dtype)
+    log.info("loaded %r", model)
+    return model
