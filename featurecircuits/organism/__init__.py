@@ -1,0 +1,1 @@
+"""The bundled model organism: a small Pythia-architecture model trained on a synthetic corpus."""
