@@ -77,6 +77,7 @@ class Attribution:
     metric_source: torch.Tensor  # m on the source run (patch when noising)
     deltas: dict[str, Parts] = field(default_factory=dict, repr=False)
     coefficients: dict[str, Parts] = field(default_factory=dict, repr=False)
+    activations: dict[str, Parts] = field(default_factory=dict, repr=False)  # base-run parts
     config: AttributionConfig | None = None
 
     def node_totals(self, sub: str) -> torch.Tensor:
@@ -131,11 +132,11 @@ def _reduce(splice: Splice, sub: Submodule, part: str, elementwise: torch.Tensor
 
 
 def _finish(splice: Splice, cfg: AttributionConfig, per_part: dict[str, Parts], m_base, m_src,
-            deltas, coefs) -> Attribution:
+            deltas, coefs, base_parts) -> Attribution:
     scores = {name: p["act"] for name, p in per_part.items()}
     errors = {name: p["err"] for name, p in per_part.items() if "err" in p}
     return Attribution(cfg.method, cfg.direction, splice.level, [s.name for s in splice.submodules],
-                       scores, errors, m_base.detach(), m_src.detach(), deltas, coefs, cfg)
+                       scores, errors, m_base.detach(), m_src.detach(), deltas, coefs, base_parts, cfg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ def _gradient_method(model: Model, splice: Splice, batch: Batch, metric: Metric,
         deltas.setdefault(name, {})[part] = d
         coefs.setdefault(name, {})[part] = g
         per_part.setdefault(name, {})[part] = _reduce(splice, by_name[name], part, d * g)
-    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs)
+    base_parts = {name: {k: v.detach() for k, v in parts.items()} for name, parts in leaves.items()}
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs, base_parts)
 
 
 def atp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
@@ -224,7 +226,7 @@ def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
         coefs[sub.name] = {k: g / cfg.ig_steps for k, g in grad_sum.items()}
         deltas[sub.name] = delta
         per_part[sub.name] = {k: _reduce(splice, sub, k, delta[k] * coefs[sub.name][k]) for k in base}
-    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs)
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, coefs, base_parts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
         base, src = base_parts[sub.name], src_parts[sub.name]
         delta = {k: src[k] - base[k] for k in base}
         deltas[sub.name] = delta
-        out = {k: torch.zeros(_reduce(splice, sub, k, v).shape) for k, v in base.items()}
+        out = {k: torch.zeros(_reduce(splice, sub, k, v).shape, device=v.device) for k, v in base.items()}
         nodes = _ap_nodes(splice, sub, delta)
         chunks = range(0, len(nodes), per_chunk)
         for start in tqdm(chunks, desc=f"AP {sub.name}", disable=not progress):
@@ -280,7 +282,7 @@ def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
                 else:
                     out[part][:, t, i] = effect[j]
         per_part[sub.name] = out
-    return _finish(splice, cfg, per_part, m_base, m_src, deltas, {})
+    return _finish(splice, cfg, per_part, m_base, m_src, deltas, {}, base_parts)
 
 
 MethodFn = Callable[..., Attribution]

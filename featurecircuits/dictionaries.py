@@ -150,6 +150,10 @@ def load_dictionaries(
 
     Returns a dict from our submodule name (``resid_3``) to dictionary, in execution order.
     """
+    if str(root) == "organism":
+        from .models import REPO_ROOT
+
+        root = REPO_ROOT / "dictionaries" / "organism"
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dictionary root {root} is not a directory")

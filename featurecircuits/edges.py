@@ -1,0 +1,143 @@
+"""Edge scores between nodes of adjacent submodules.
+
+The weight of an edge u → d is ``c_d · ∂d/∂u · Δu`` (summed over the examples' positions, averaged over
+examples), where c_d is the method's coefficient of the metric at d and ∂d/∂u is taken on the base run
+(with the LRP rules for RelP).
+
+How: one forward on the base input in which *every* spliced submodule's output is replaced by an autograd
+leaf holding the same value. A downstream submodule's output is then a function of the nearest upstream
+leaves only, so a vector-Jacobian product from its nodes reaches exactly its adjacent upstream
+submodules, with the paths through the submodules in between cut — the Sparse Feature Circuits topology
+(resid_{l-1}→attn_l; resid_{l-1}→mlp_l and, where the MLP reads the attention output, attn_l→mlp_l;
+resid_{l-1}, attn_l, mlp_l → resid_l, with resid_{-1} = embed). Upstream error terms take part only
+through the output they add to; gradients reach the upstream outputs, and are mapped to features through
+the (linear) decoder, so no dense (batch × position × features) tensor per downstream node is built.
+Downstream nodes are processed many at a time with batched vector-Jacobian products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .attribution import Attribution, _roles
+from .lrp import apply_rules, default_rules
+from .models import Model, Submodule
+from .splice import Splice, run
+
+Node = tuple[str, str, int | None, int | None]  # (submodule, part "act"/"err", feature or None, position or None)
+
+
+def decoder_matrix(ae) -> torch.Tensor:
+    """(features, d_model): each feature's contribution per unit activation (decode is affine)."""
+    if hasattr(ae, "W_dec"):
+        return ae.W_dec.detach()
+    if hasattr(ae, "decoder") and hasattr(ae.decoder, "weight"):
+        return ae.decoder.weight.detach().t()
+    eye = torch.eye(ae.dict_size)
+    return (ae.decode(eye) - ae.decode(torch.zeros(1, ae.dict_size))).detach()
+
+
+@dataclass
+class EdgeScores:
+    """``weights[(u, d)]`` for node tuples u upstream of d, *summed* over the batch's examples."""
+
+    weights: dict[tuple[Node, Node], float]
+
+
+def _node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:
+    """The cotangent at the submodule output x (B, T, d) of ``c_d · d`` for one downstream node."""
+    _, part, feat, pos = node
+    c = coef[part]
+    mask = torch.ones(x.shape[:2], dtype=x.dtype)
+    if pos is not None:
+        mask = torch.zeros_like(mask)
+        mask[:, pos] = 1
+    if not splice.has_features(sub):
+        return c * mask[..., None]
+    ae = splice.dictionaries[sub.name]
+    xl = x.detach().requires_grad_(True)
+    f = ae.encode(xl)
+    if part == "act":
+        target = (f[..., feat] * c[..., feat] * mask).sum()
+    else:  # error node: err = x - decode(f)
+        err = xl - ae.decode(f)
+        target = (err * c * mask[..., None]).sum()
+    (g,) = torch.autograd.grad(target, xl)
+    return g
+
+
+def score_edges(
+    model: Model,
+    splice: Splice,
+    batch,
+    attribution: Attribution,
+    nodes: Sequence[Node],
+    *,
+    chunk: int = 32,
+) -> EdgeScores:
+    """Edges among ``nodes`` (circuit nodes) for one batch, using ``attribution``'s Δ and coefficients."""
+    if not attribution.coefficients:
+        raise ValueError(f"method {attribution.method!r} has no coefficients to score edges with; "
+                         "use relp, atp or ig")
+    base_ids, _ = _roles(batch, attribution.direction)
+    rules = None
+    if attribution.method == "relp":
+        rules = (attribution.config.lrp if attribution.config else None) or default_rules(model.family.name)
+    leaves: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def edit(sub, x):
+        outputs[sub.name] = x
+        leaf = x.detach().requires_grad_(True)
+        leaves[sub.name] = leaf
+        return leaf
+
+    with apply_rules(model, rules) if rules is not None else nullcontext():
+        run(model, base_ids, edit, splice.submodules)
+    by_name = {s.name: s for s in splice.submodules}
+    order = [s.name for s in splice.submodules]
+    by_sub: dict[str, list[Node]] = {}
+    for node in nodes:
+        by_sub.setdefault(node[0], []).append(node)
+    weights: dict[tuple[Node, Node], float] = {}
+    decoders = {name: decoder_matrix(ae) for name, ae in splice.dictionaries.items()}
+    for d_name, d_nodes in by_sub.items():
+        d_idx = order.index(d_name)
+        upstream = [u for u in order[:d_idx] if u in by_sub]
+        if not upstream:
+            continue
+        d_sub = by_name[d_name]
+        coef = attribution.coefficients[d_name]
+        x = outputs[d_name]
+        for start in range(0, len(d_nodes), chunk):
+            group = d_nodes[start:start + chunk]
+            cot = torch.stack([_node_cotangent(splice, d_sub, nd, coef, x) for nd in group])
+            grads = torch.autograd.grad(x, [leaves[u] for u in upstream], cot, retain_graph=True,
+                                        is_grads_batched=True, allow_unused=True)
+            for u_name, g in zip(upstream, grads, strict=True):
+                if g is None:
+                    continue  # not adjacent: every path runs through another spliced submodule
+                _accumulate(weights, group, by_sub[u_name], g, attribution.deltas[u_name], decoders.get(u_name))
+    return EdgeScores(weights)
+
+
+def _accumulate(weights, d_group, u_nodes, g, delta, dec) -> None:
+    """g: (K, B, T, d) gradients at the upstream output for K downstream nodes."""
+    for u in u_nodes:
+        _, part, feat, pos = u
+        if part == "act" and feat is not None:
+            contrib = torch.einsum("kbth,h->kbt", g, dec[feat]) * delta["act"][..., feat]
+        else:
+            contrib = (g * delta[part]).sum(-1)  # (K, B, T)
+        contrib = contrib[:, :, pos] if pos is not None else contrib.sum(-1)
+        values = contrib.sum(1).tolist()
+        for d, v in zip(d_group, values, strict=True):
+            weights[(u, d)] = weights.get((u, d), 0.0) + v
+
+
+
+

@@ -1,0 +1,310 @@
+"""Faithfulness and completeness of circuits under ablation, and faithfulness-vs-size curves.
+
+Every spliced submodule's parts are recomputed from what it receives (downstream dictionaries re-encode
+the ablated stream); nodes outside the evaluated set are replaced by their ablation value: the mean over
+the evaluation examples' patch prompts per position ("mean"), zero ("zero"), or the patch prompt of another
+example ("resample"). ``faithfulness(C) = (m(C) − m(∅)) / (m(M) − m(∅))`` as a ratio of means over
+examples; ``completeness(C)`` is the same with C itself ablated (ideal 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .circuit import Circuit, _as_batches, _check_threshold
+from .data import Batch, Metric, logit_diff
+from .models import Model
+from .splice import Splice, run
+
+Masks = dict[str, dict[str, torch.Tensor]]  # submodule → part → bool mask, (F,)/(T, F) or ()/(T,)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    ablation: Literal["mean", "zero", "resample"] = "mean"
+    errors: Literal["ablate", "keep", "remove"] = "ablate"  # error nodes: like features / never / always zero
+    start_layer: int = 0  # submodules of earlier layers are never ablated (Sparse Feature Circuits: 2)
+    include_embed: bool = True  # Sparse Feature Circuits leaves the embedding out
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, options in (("ablation", ("mean", "zero", "resample")), ("errors", ("ablate", "keep", "remove"))):
+            if getattr(self, name) not in options:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(options)}")
+        if not isinstance(self.start_layer, int) or self.start_layer < 0:
+            raise ValueError(f"start_layer must be a non-negative integer, got {self.start_layer!r}")
+
+
+@dataclass
+class Faithfulness:
+    faithfulness: float
+    completeness: float
+    m_circuit: float
+    m_complement: float
+    m_empty: float
+    m_full: float
+    n_nodes: int
+    n_edges: int | None
+    config: dict = field(default_factory=dict)
+
+
+def masks_from_nodes(splice: Splice, nodes, n_tokens: int) -> Masks:
+    """Boolean masks of a node set, per submodule and part, positions expanded to ``n_tokens``."""
+    masks: Masks = {}
+    for sub in splice.submodules:
+        width = splice.width(sub) if splice.has_features(sub) else None
+        m = {"act": torch.zeros((n_tokens, width) if width else (n_tokens,), dtype=torch.bool)}
+        if splice.has_features(sub):
+            m["err"] = torch.zeros(n_tokens, dtype=torch.bool)
+        masks[sub.name] = m
+    for sub, part, feat, pos in nodes:
+        if sub not in masks:
+            raise ValueError(f"circuit node in submodule {sub!r}, which is not spliced here "
+                             f"({', '.join(masks)})")
+        target = masks[sub][part]
+        rows = slice(None) if pos is None else pos
+        if pos is not None and pos >= n_tokens:
+            raise ValueError(f"circuit node at position {pos}, but the prompts have {n_tokens} tokens")
+        if feat is not None:
+            target[rows, feat] = True
+        else:
+            target[rows] = True
+    return masks
+
+
+def _ablatable(sub, cfg: AblationConfig) -> bool:
+    return (sub.kind != "embed" or cfg.include_embed) and (sub.kind == "embed" or sub.layer >= cfg.start_layer)
+
+
+def ablated_metric(model: Model, splice: Splice, batch: Batch, keep: Masks, cfg: AblationConfig,
+                   metric: Metric = logit_diff, *, source: dict | None = None) -> torch.Tensor:
+    """Metric per example with every node outside ``keep`` ablated (``source``: ablation values)."""
+    if source is None:
+        source = ablation_values(model, splice, batch, cfg)
+
+    def edit(sub, x):
+        if not _ablatable(sub, cfg):
+            return None
+        parts = splice.parts(sub, x)
+        new = {}
+        for part, value in parts.items():
+            if part == "err" and cfg.errors != "ablate":
+                new[part] = value if cfg.errors == "keep" else torch.zeros_like(value)
+                continue
+            mask = keep[sub.name][part].to(value.device)
+            mask = mask if mask.ndim == value.ndim - 1 else mask[..., None]
+            new[part] = torch.where(mask, value, source[sub.name][part])
+        return splice.compose(sub, new)
+
+    with torch.no_grad():
+        return metric(run(model, batch.clean, edit, splice.submodules), batch)
+
+
+def ablation_values(model: Model, splice: Splice, batch: Batch, cfg: AblationConfig) -> dict:
+    """What ablated nodes are set to, per submodule and part, broadcastable to (B, T, ...)."""
+    store: dict = {}
+    with torch.no_grad():
+        run(model, batch.patch, splice.capture_edit(store), splice.submodules)
+    if cfg.ablation == "mean":
+        return {s: {k: v.mean(0, keepdim=True) for k, v in p.items()} for s, p in store.items()}
+    if cfg.ablation == "zero":
+        return {s: {k: torch.zeros_like(v[:1]) for k, v in p.items()} for s, p in store.items()}
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(batch), generator=g)
+    return {s: {k: v[perm] for k, v in p.items()} for s, p in store.items()}
+
+
+def _invert(masks: Masks) -> Masks:
+    return {s: {k: ~v for k, v in p.items()} for s, p in masks.items()}
+
+
+def _full(masks: Masks, value: bool) -> Masks:
+    return {s: {k: torch.full_like(v, value) for k, v in p.items()} for s, p in masks.items()}
+
+
+def _ratio(m_c: float, m_empty: float, m_full: float) -> float:
+    denom = m_full - m_empty
+    return (m_c - m_empty) / denom if abs(denom) > 1e-12 else float("nan")
+
+
+def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_masks, cfg: AblationConfig,
+                   metric: Metric = logit_diff) -> dict[str, float]:
+    """Mean metric over all examples for the circuit, its complement, the empty circuit and the model.
+
+    ``node_masks(n_tokens)`` returns the circuit's masks for prompts of that length.
+    """
+    sums = {"circuit": 0.0, "complement": 0.0, "empty": 0.0, "full": 0.0}
+    total = 0
+    for batch in batches:
+        batch = batch.to(model.device)
+        keep = node_masks(batch.n_tokens)
+        source = ablation_values(model, splice, batch, cfg)
+        for name, masks in (("circuit", keep), ("complement", _invert(keep)), ("empty", _full(keep, False))):
+            sums[name] += float(ablated_metric(model, splice, batch, masks, cfg, metric, source=source).sum())
+        with torch.no_grad():
+            sums["full"] += float(metric(model.hf(input_ids=batch.clean).logits, batch).sum())
+        total += len(batch)
+    return {k: v / total for k, v in sums.items()}
+
+
+def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
+             config: AblationConfig = AblationConfig(), metric: Metric = logit_diff, n_examples: int | None = 100,
+             batch_size: int = 32) -> Faithfulness:
+    """Faithfulness and completeness of ``circuit`` on ``task``'s examples."""
+    circuit.check_model(model)
+    splice = Splice(model, dictionaries, circuit.metadata.get("submodules"))
+    batches = _as_batches(model, task, n_examples, batch_size)
+    nodes = circuit.node_tuples()
+    m = evaluate_masks(model, splice, batches, lambda t: masks_from_nodes(splice, nodes, t), config, metric)
+    return Faithfulness(_ratio(m["circuit"], m["empty"], m["full"]), _ratio(m["complement"], m["empty"], m["full"]),
+                        m["circuit"], m["complement"], m["empty"], m["full"], len(circuit), circuit.n_edges,
+                        asdict(config))
+
+
+# --------------------------------------------------------------------------------------------------
+# Curves
+
+
+@dataclass
+class CurvePoint:
+    method: str
+    threshold: float
+    n_nodes: int
+    faithfulness: float
+    completeness: float
+    random_faithfulness: float | None = None
+
+
+@dataclass
+class Curve:
+    points: list[CurvePoint]
+    config: dict
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(p.method for p in self.points))
+
+    def series(self, method: str) -> list[CurvePoint]:
+        return sorted((p for p in self.points if p.method == method), key=lambda p: p.n_nodes)
+
+    def auc(self, method: str, key: str = "faithfulness") -> float:
+        """Mean of ``key`` over log10(number of nodes) (trapezoids), over the method's size range."""
+        pts = [p for p in self.series(method) if p.n_nodes > 0]
+        if len(pts) < 2:
+            return float("nan")
+        x = np.log10([p.n_nodes for p in pts])
+        y = np.array([getattr(p, key) for p in pts], dtype=float)
+        span = x[-1] - x[0]
+        return float(np.trapezoid(y, x) / span) if span > 0 else float(y.mean())
+
+
+def _score_tensors(model, splice, batches, method, ig_steps, metric, aggregation="sum"):
+    from .attribution import attribute
+    from .circuit import _node_scores
+
+    sums, total = {}, 0
+    for batch in batches:
+        res = attribute(model, batch, method=method, dictionaries=splice.dictionaries,
+                        submodules=[s.name for s in splice.submodules], metric=metric, ig_steps=ig_steps)
+        for key, t in _node_scores(res, aggregation).items():
+            sums[key] = sums.get(key, 0) + t
+        total += len(batch)
+    return {k: v / total for k, v in sums.items()}
+
+
+def _threshold_masks(splice, scores, threshold: float, n_tokens: int) -> Masks:
+    masks: Masks = {}
+    for sub in splice.submodules:
+        masks[sub.name] = {}
+        for part in ("act", "err"):
+            if (sub.name, part) not in scores:
+                continue
+            keep = scores[(sub.name, part)].abs() >= threshold
+            if part == "act" and splice.has_features(sub):
+                masks[sub.name][part] = keep.expand(n_tokens, -1)
+            else:
+                masks[sub.name][part] = keep.expand(n_tokens)
+    return masks
+
+
+def _random_masks(splice, scores, n_nodes: int, n_tokens: int, gen: torch.Generator) -> Masks:
+    keys = list(scores)
+    sizes = [scores[k].numel() for k in keys]
+    chosen = torch.randperm(sum(sizes), generator=gen)[:n_nodes]
+    flat = torch.zeros(sum(sizes), dtype=torch.bool)
+    flat[chosen] = True
+    out: Masks = {}
+    for (sub, part), piece in zip(keys, flat.split(sizes), strict=True):
+        piece = piece.view(scores[(sub, part)].shape)
+        out.setdefault(sub, {})[part] = piece.expand(n_tokens, -1) if piece.ndim else piece.expand(n_tokens)
+    return out
+
+
+def faithfulness_curve(
+    model: Model,
+    dictionaries: dict | None,
+    task,
+    *,
+    methods: Sequence[str] = ("relp", "ig", "atp"),
+    thresholds: Sequence[float] | None = None,
+    relative: bool = True,
+    config: AblationConfig = AblationConfig(),
+    n_examples: int | None = 100,
+    batch_size: int = 32,
+    ig_steps: int = 10,
+    metric: Metric = logit_diff,
+    random_baseline: bool = True,
+    progress: bool = False,
+) -> Curve:
+    """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` relative to
+    each method's largest |score| by default; absolute when ``relative=False``), per method, with a
+    random circuit of the same size as baseline. Nodes are summed over positions."""
+    if thresholds is None:
+        thresholds = list(np.logspace(-4, 0, 15))
+    for t in thresholds:
+        _check_threshold("threshold", t)
+    splice = Splice(model, dictionaries)
+    batches = _as_batches(model, task, n_examples, batch_size)
+    gen = torch.Generator().manual_seed(config.seed)
+    points = []
+    sources = [(b.to(model.device), ablation_values(model, splice, b.to(model.device), config)) for b in batches]
+    total = sum(len(b) for b in batches)
+
+    def mean_metric(mask_fn):
+        s = 0.0
+        for batch, source in sources:
+            s += float(ablated_metric(model, splice, batch, mask_fn(batch.n_tokens), config, metric,
+                                      source=source).sum())
+        return s / total
+
+    with torch.no_grad():
+        m_full = sum(float(metric(model.hf(input_ids=b.clean).logits, b).sum()) for b, _ in sources) / total
+    m_empty = None
+    for method in methods:
+        scores = _score_tensors(model, splice, batches, method, ig_steps, metric)
+        top = max(float(t.abs().max()) for t in scores.values())
+        for thr in tqdm(thresholds, desc=f"curve {method}", disable=not progress):
+            absolute = thr * top if relative else thr
+            n_nodes = int(sum(int((t.abs() >= absolute).sum()) for t in scores.values()))
+            if m_empty is None:
+                m_empty = mean_metric(lambda n, s=scores: _full(_threshold_masks(splice, s, 0, n), False))
+            m_c = mean_metric(lambda n, s=scores, a=absolute: _threshold_masks(splice, s, a, n))
+            m_comp = mean_metric(lambda n, s=scores, a=absolute: _invert(_threshold_masks(splice, s, a, n)))
+            rand = None
+            if random_baseline:
+                m_r = mean_metric(lambda n, s=scores, k=n_nodes: _random_masks(splice, s, k, n, gen))
+                rand = _ratio(m_r, m_empty, m_full)
+            points.append(CurvePoint(method, float(absolute), n_nodes, _ratio(m_c, m_empty, m_full),
+                                     _ratio(m_comp, m_empty, m_full), rand))
+    return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
+                          "relative": relative, "n_examples": total, "m_full": m_full, "m_empty": m_empty,
+                          "ig_steps": ig_steps})
+
+
+__all__ = ["AblationConfig", "Curve", "CurvePoint", "Faithfulness", "evaluate", "faithfulness_curve",
+           "masks_from_nodes"]

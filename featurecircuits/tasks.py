@@ -1,0 +1,264 @@
+"""Task data: IOI and subject-verb agreement pairs, one JSONL format, loaders that validate.
+
+Every line holds ``clean_prefix``, ``patch_prefix``, ``clean_answer``, ``patch_answer`` (the Sparse
+Feature Circuits fields) plus optional metadata (``template``/``variant``). Answers carry their leading
+space (``" Alice"``) and must be single tokens; clean and patch must have equal token lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import Batch, make_batch
+from .fileio import atomic_write_text
+
+FIELDS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
+
+IOI_TEMPLATES = {  # the RelP paper's three templates; the prompt ends before the final name
+    "then": "Then, {B} and {A} went to the {PLACE}. {B} gave a {OBJECT} to",
+    "when": "When, {B} and {A} went to the {PLACE}. {B} gave a {OBJECT} to",
+    "after": "After {B} and {A} went to the {PLACE}, {B} gave a {OBJECT} to",
+}
+
+SVA_VARIANTS = ("simple", "pp", "rc", "within_rc")
+TASK_NAMES = ("ioi",) + tuple(f"sva-{v.replace('_', '-')}" for v in SVA_VARIANTS)
+
+
+@dataclass(frozen=True)
+class WordLists:
+    """Words the generators draw from; every one must be a single token for the target tokenizer."""
+
+    names: tuple[str, ...]
+    places: tuple[str, ...]
+    objects: tuple[str, ...]
+    nouns: tuple[tuple[str, str], ...]  # (singular, plural) subjects
+    attractors: tuple[tuple[str, str], ...]  # (singular, plural) nouns inside prepositional phrases
+    preps: tuple[str, ...]
+    rc_verbs: tuple[tuple[str, str], ...]  # (agrees with singular, agrees with plural): likes/like
+    main_verbs: tuple[tuple[str, str], ...]  # is/are, was/were
+
+
+ORGANISM_WORDS = WordLists(
+    names=("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Kate",
+           "Leo", "Mary", "Nick", "Olivia", "Paul"),
+    places=("store", "park", "school", "office", "garden", "beach", "library", "market"),
+    objects=("book", "ball", "gift", "drink", "key", "letter", "pen", "cake"),
+    nouns=(("athlete", "athletes"), ("manager", "managers"), ("secretary", "secretaries"),
+           ("doctor", "doctors"), ("author", "authors"), ("farmer", "farmers"), ("pilot", "pilots"),
+           ("teacher", "teachers"), ("senator", "senators"), ("dancer", "dancers")),
+    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("house", "houses")),
+    preps=("near", "behind", "beside"),
+    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate"), ("admires", "admire")),
+    main_verbs=(("is", "are"), ("was", "were")),
+)
+
+# Words that are single tokens for the GPT-NeoX (Pythia) tokenizer with a leading space.
+PYTHIA_WORDS = WordLists(
+    names=("John", "Mary", "Tom", "James", "Dan", "Sarah", "Paul", "Mark", "Anna", "Mike", "Lisa", "David"),
+    places=("store", "park", "school", "office", "garden", "beach", "house", "station"),
+    objects=("book", "ball", "gift", "drink", "key", "letter", "ring", "bag"),
+    nouns=(("doctor", "doctors"), ("teacher", "teachers"), ("farmer", "farmers"), ("pilot", "pilots"),
+           ("writer", "writers"), ("manager", "managers"), ("student", "students"), ("officer", "officers")),
+    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("door", "doors")),
+    preps=("near", "behind"),
+    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate")),
+    main_verbs=(("is", "are"), ("was", "were")),
+)
+
+WORD_LISTS = {"organism": ORGANISM_WORDS, "pythia": PYTHIA_WORDS}
+
+
+def ioi_example(template: str, a: str, b: str, place: str, obj: str) -> dict:
+    """A clean/patch pair: the patch swaps subject and indirect object everywhere."""
+    t = IOI_TEMPLATES[template]
+    return {
+        "clean_prefix": t.format(A=a, B=b, PLACE=place, OBJECT=obj),
+        "patch_prefix": t.format(A=b, B=a, PLACE=place, OBJECT=obj),
+        "clean_answer": f" {a}", "patch_answer": f" {b}", "template": template,
+    }
+
+
+def make_ioi(n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
+             name_pairs: Sequence[tuple[str, str]] | None = None,
+             templates: Sequence[str] = tuple(IOI_TEMPLATES)) -> list[dict]:
+    """``n`` IOI pairs cycling through ``templates``; (A, B) drawn from ``name_pairs`` when given."""
+    rng = random.Random(seed)
+    unknown = [t for t in templates if t not in IOI_TEMPLATES]
+    if unknown:
+        raise ValueError(f"unknown IOI template(s) {unknown}; valid: {', '.join(IOI_TEMPLATES)}")
+    out = []
+    for i in range(n):
+        if name_pairs:
+            a, b = rng.choice(list(name_pairs))
+            if rng.random() < 0.5:
+                a, b = b, a
+        else:
+            a, b = rng.sample(words.names, 2)
+        out.append(ioi_example(templates[i % len(templates)], a, b, rng.choice(words.places),
+                               rng.choice(words.objects)))
+    return out
+
+
+def sva_example(variant: str, subject: tuple[str, str], plural: bool, *, other: tuple[str, str] | None = None,
+                other_plural: bool = False, prep: str = "near", rc_verb: tuple[str, str] = ("likes", "like"),
+                main_verb: tuple[str, str] = ("is", "are")) -> dict:
+    """A clean/patch pair differing only in the number of the noun the answer must agree with.
+
+    ``other`` is the attractor (pp) or the relative clause's subject (rc, within_rc).
+    """
+    def noun(pair, pl):
+        return pair[1] if pl else pair[0]
+
+    def verb(pair, pl):
+        return pair[1] if pl else pair[0]
+
+    def prefix(pl: bool, other_pl: bool) -> str:
+        subj = noun(subject, pl)
+        if variant == "simple":
+            return f"The {subj}"
+        if variant == "pp":
+            return f"The {subj} {prep} the {noun(other, other_pl)}"
+        if variant == "rc":
+            return f"The {subj} that the {noun(other, other_pl)} {verb(rc_verb, other_pl)}"
+        return f"The {subj} that the {noun(other, other_pl)}"  # within_rc
+
+    if variant not in SVA_VARIANTS:
+        raise ValueError(f"unknown agreement variant {variant!r}; valid: {', '.join(SVA_VARIANTS)}")
+    if variant != "simple" and other is None:
+        raise ValueError(f"variant {variant!r} needs a second noun")
+    if variant == "within_rc":  # the answer agrees with the relative clause's subject
+        clean, patch = prefix(plural, other_plural), prefix(plural, not other_plural)
+        ans, pans = verb(rc_verb, other_plural), verb(rc_verb, not other_plural)
+    else:
+        clean, patch = prefix(plural, other_plural), prefix(not plural, other_plural)
+        ans, pans = verb(main_verb, plural), verb(main_verb, not plural)
+    return {"clean_prefix": clean, "patch_prefix": patch, "clean_answer": f" {ans}",
+            "patch_answer": f" {pans}", "variant": variant}
+
+
+def make_sva(variant: str, n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
+             noun_pairs: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    """``n`` agreement pairs; ``noun_pairs`` (indices into subject nouns × second nouns) restricts
+    which combinations are drawn (used to keep evaluation pairs out of training)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        others = words.attractors if variant == "pp" else words.nouns
+        if noun_pairs and variant != "simple":
+            si, oi = rng.choice(list(noun_pairs))
+        else:
+            si = rng.randrange(len(words.nouns))
+            oi = rng.choice([i for i in range(len(others)) if variant == "pp" or i != si])
+        out.append(sva_example(
+            variant, words.nouns[si], rng.random() < 0.5,
+            other=None if variant == "simple" else others[oi % len(others)], other_plural=rng.random() < 0.5,
+            prep=rng.choice(words.preps), rc_verb=rng.choice(words.rc_verbs), main_verb=rng.choice(words.main_verbs),
+        ))
+    return out
+
+
+def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists = "organism") -> list[dict]:
+    """Generate a task by name (``ioi``, ``sva-simple``, ``sva-pp``, ``sva-rc``, ``sva-within-rc``).
+
+    With the organism's words, the held-out name and noun combinations (never seen in training) are used.
+    """
+    if isinstance(words, str):
+        if words not in WORD_LISTS:
+            raise ValueError(f"unknown word list {words!r}; valid: {', '.join(WORD_LISTS)}")
+        held_out = words == "organism"
+        words = WORD_LISTS[words]
+    else:
+        held_out = False
+    if name == "ioi":
+        from .organism.corpus import heldout_name_pairs
+
+        return make_ioi(n, seed=seed, words=words, name_pairs=heldout_name_pairs() if held_out else None)
+    if name.startswith("sva-") and name[4:].replace("-", "_") in SVA_VARIANTS:
+        from .organism.corpus import heldout_noun_pairs
+
+        variant = name[4:].replace("-", "_")
+        return make_sva(variant, n, seed=seed, words=words,
+                        noun_pairs=heldout_noun_pairs(variant) if held_out else None)
+    raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_NAMES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+def save_task(examples: Iterable[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in examples))
+    return path
+
+
+@dataclass
+class Task:
+    """Validated task examples, grouped into equal-length batches on demand."""
+
+    name: str
+    examples: list[dict]
+    counts: dict[str, int] = field(default_factory=dict)  # examples per template/variant
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batches(self, tokenizer, batch_size: int = 32, *, n: int | None = None) -> list[Batch]:
+        """Batches of at most ``batch_size``, each of one token length (templates can differ)."""
+        groups: dict[int, list[dict]] = defaultdict(list)
+        for ex in self.examples[:n]:
+            groups[len(tokenizer.encode(ex["clean_prefix"]))].append(ex)
+        out = []
+        for length in sorted(groups):
+            g = groups[length]
+            for i in range(0, len(g), batch_size):
+                chunk = g[i:i + batch_size]
+                out.append(make_batch(tokenizer, *[[e[f] for e in chunk] for f in FIELDS]))
+        return out
+
+
+def load_task(path: str | Path, tokenizer=None, *, name: str | None = None) -> Task:
+    """Read a JSONL task; with a tokenizer, check single-token answers and equal lengths per pair."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    examples = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        missing = [f for f in FIELDS if not isinstance(ex.get(f), str)]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")
+        examples.append(ex)
+    if not examples:
+        raise ValueError(f"task file {path} holds no examples")
+    task = Task(name or path.stem, examples,
+                dict(Counter(e.get("template") or e.get("variant") or "all" for e in examples)))
+    if tokenizer is not None:
+        validate(task, tokenizer, source=str(path))
+    return task
+
+
+def validate(task: Task, tokenizer, *, source: str = "task") -> None:
+    from .data import single_token
+
+    for i, ex in enumerate(task.examples, 1):
+        c, p = tokenizer.encode(ex["clean_prefix"]), tokenizer.encode(ex["patch_prefix"])
+        if len(c) != len(p):
+            raise ValueError(f"{source} example {i}: clean prefix has {len(c)} tokens "
+                             f"({ex['clean_prefix']!r}) but patch prefix has {len(p)} ({ex['patch_prefix']!r})")
+        for f in ("clean_answer", "patch_answer"):
+            try:
+                single_token(tokenizer, ex[f])
+            except ValueError as exc:
+                raise ValueError(f"{source} example {i}: {exc}") from None

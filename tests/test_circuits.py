@@ -1,0 +1,195 @@
+"""Edges against interventions, circuits, JSON, faithfulness and completeness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
+
+import featurecircuits as fc
+from featurecircuits.circuit import Circuit, discover, node_id, parse_node_id
+from featurecircuits.evaluation import AblationConfig, evaluate, evaluate_masks, faithfulness_curve
+from featurecircuits.splice import Splice, run
+
+GOLDEN = Path(__file__).parent / "data" / "circuit_v1.json"
+
+
+def _direct_effect(model, splice, batch, u, d_sub, scale):
+    """Change of d_sub's parts when node u moves by scale·Δu, every other spliced submodule frozen."""
+    base, src = {}, {}
+    with torch.no_grad():
+        run(model, batch.clean, splice.capture_edit(base), splice.submodules)
+        run(model, batch.patch, splice.capture_edit(src), splice.submodules)
+    u_sub, part, feat, pos = u
+    seen = {}
+
+    def edit(sub, x):
+        if sub.name == d_sub:
+            seen.update(splice.parts(sub, x))
+            return None
+        parts = {k: v.clone() for k, v in base[sub.name].items()}
+        if sub.name == u_sub:
+            delta = src[u_sub][part] - base[u_sub][part]
+            rows = slice(None) if pos is None else pos
+            if feat is None:
+                parts[part][:, rows] += scale * delta[:, rows]
+            else:
+                parts[part][:, rows, feat] += scale * delta[:, rows, feat]
+        return splice.compose(sub, parts)
+
+    with torch.no_grad():
+        run(model, batch.clean, edit, splice.submodules)
+    return {k: (seen[k] - base[d_sub][k]) / scale for k in seen}
+
+
+def _edge_from_intervention(model, splice, batch, res, u, d):
+    d_sub, part, feat, pos = d
+    if splice.dictionaries:  # central difference of the directional derivative along Δu
+        up = _direct_effect(model, splice, batch, u, d_sub, 1e-4)[part]
+        down = _direct_effect(model, splice, batch, u, d_sub, -1e-4)[part]
+        change = (up + down) / 2
+    else:  # linear model: the whole patch
+        change = _direct_effect(model, splice, batch, u, d_sub, 1.0)[part]
+    c = res.coefficients[d_sub][part]
+    contrib = change[..., feat] * c[..., feat] if feat is not None else (change * c).sum(-1)
+    contrib = contrib[:, pos] if pos is not None else contrib.sum(-1)
+    return float(contrib.mean())
+
+
+def test_every_edge_equals_the_intervention_on_a_linear_model():
+    model = linear_gpt_neox()
+    batch = random_batch(n=2, t=4)
+    c = discover(model, None, [batch], method="atp", aggregation="none", node_threshold=0.0, edge_threshold=0.0)
+    res = fc.attribute(model, batch, method="atp")
+    splice = Splice(model)
+    checked = 0
+    for u, d, w in c.graph.edges(data="weight"):
+        if d == "logit":
+            continue
+        expected = _edge_from_intervention(model, splice, batch, res, parse_node_id(u), parse_node_id(d))
+        assert w == pytest.approx(expected, rel=1e-3, abs=1e-5), (u, d)
+        checked += 1
+    assert checked > 50
+    # topology of the parallel residual: no attn→mlp edge in the same layer, no skip past a submodule
+    pairs = {(parse_node_id(u)[0], parse_node_id(d)[0]) for u, d in c.graph.edges if d != "logit"}
+    assert ("attn_0", "mlp_0") not in pairs and ("embed", "resid_0") in pairs
+    assert not any(a == "embed" and b == "resid_1" for a, b in pairs)
+
+
+def test_feature_edges_match_finite_differences_on_a_nonlinear_model():
+    model = tiny_model("gpt_neox")
+    model.hf.double()
+    dicts = {k: v.double() for k, v in random_dictionaries(model).items()}
+    batch = random_batch(n=2, t=4)
+    c = discover(model, dicts, [batch], method="atp", node_threshold=0.01, edge_threshold=1e-4)
+    res = fc.attribute(model, batch, method="atp", dictionaries=dicts)
+    splice = Splice(model, dicts)
+    edges = [(u, d, w) for u, d, w in c.graph.edges(data="weight") if d != "logit"]
+    assert len(edges) >= 10
+    for u, d, w in edges:
+        expected = _edge_from_intervention(model, splice, batch, res, parse_node_id(u), parse_node_id(d))
+        assert w == pytest.approx(expected, rel=1e-3, abs=1e-6), (u, d)
+
+
+def test_sequential_families_have_attn_to_mlp_edges():
+    model = tiny_model("llama")
+    c = discover(model, None, [random_batch()], method="relp", node_threshold=0.0, edge_threshold=0.0)
+    pairs = {(parse_node_id(u)[0], parse_node_id(d)[0]) for u, d in c.graph.edges if d != "logit"}
+    assert ("attn_0", "mlp_0") in pairs and ("resid_0", "mlp_1") in pairs
+
+
+def _all_masks(splice, n_tokens, value):
+    from featurecircuits.evaluation import _full, masks_from_nodes
+
+    return _full(masks_from_nodes(splice, [], n_tokens), value)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero", "resample"])
+def test_faithfulness_of_full_model_is_one_and_of_empty_circuit_zero(ablation):
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=4)
+    splice = Splice(model, dicts)
+    cfg = AblationConfig(ablation=ablation)
+    full = evaluate_masks(model, splice, [batch], lambda t: _all_masks(splice, t, True), cfg)
+    assert full["circuit"] == pytest.approx(full["full"], abs=1e-4)
+    assert full["complement"] == pytest.approx(full["empty"], abs=1e-6)  # complement of everything = ∅
+    empty = Circuit.from_dict(discover(model, dicts, [batch], top_k=0).to_dict())
+    f = evaluate(model, dicts, empty, [batch], config=cfg)
+    assert len(empty) == 0
+    assert f.faithfulness == 0.0
+    assert f.completeness == pytest.approx(1.0, abs=1e-4)
+
+
+def test_circuit_reaches_high_faithfulness_and_curve_is_recorded():
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=4)
+    curve = faithfulness_curve(model, dicts, [batch], methods=("relp", "atp"), thresholds=[1e-4, 1e-2, 1.0])
+    relp = curve.series("relp")
+    assert [p.n_nodes for p in relp] == sorted(p.n_nodes for p in relp)
+    assert relp[-1].faithfulness == pytest.approx(1.0, abs=0.05)  # nearly every node kept
+    assert all(p.random_faithfulness is not None for p in relp)
+    assert curve.auc("relp") == curve.auc("relp")  # a number, not NaN
+
+
+def test_thresholds_prune_and_are_recorded(tmp_path):
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=3)
+    c = discover(model, dicts, [batch], node_threshold=0.01, edge_threshold=0.002)
+    assert all(abs(w) >= 0.002 for _, _, w in c.graph.edges(data="weight"))
+    assert all(abs(c.score(n)) >= 0.01 for n in c.nodes)
+    smaller = c.prune(node_threshold=0.05, edge_threshold=0.01)
+    assert set(smaller.nodes) <= set(c.nodes) and all(abs(smaller.score(n)) >= 0.05 for n in smaller.nodes)
+    path = tmp_path / "anything-named-0.9.json"  # nothing is parsed out of file names
+    smaller.to_json(path)
+    meta = json.loads(path.read_text())["metadata"]
+    assert (meta["node_threshold"], meta["edge_threshold"]) == (0.05, 0.01)
+    assert Circuit.from_json(path).metadata["node_threshold"] == 0.05
+    assert len(c.prune(top_k=3)) == 3
+    with pytest.raises(ValueError, match="node_threshold must be a finite number ≥ 0"):
+        discover(model, dicts, [batch], node_threshold=-1)
+    with pytest.raises(ValueError, match="edge_threshold must be a finite number ≥ 0"):
+        c.prune(edge_threshold=float("nan"))
+
+
+def test_json_round_trip_and_golden_file():
+    model = tiny_model()
+    c = discover(model, random_dictionaries(model), [random_batch()], node_threshold=0.02, edge_threshold=0.005)
+    again = Circuit.from_json(c.to_json(), model=model)
+    assert again.to_dict() == c.to_dict()
+    golden = Circuit.from_json(GOLDEN)
+    assert golden.nodes == ["embed/f3", "resid_0/err@2", "attn_1"]
+    assert golden.graph.edges["embed/f3", "resid_0/err@2"]["weight"] == 0.25
+    assert golden.metadata["method"] == "relp" and len(golden) == 3
+    assert golden.to_dict() == json.loads(GOLDEN.read_text())
+
+
+def test_node_ids_round_trip():
+    for node in [("resid_3", "act", 1234, None), ("mlp_2", "err", None, 5), ("attn_1", "act", None, 0),
+                 ("embed", "act", 7, None)]:
+        assert parse_node_id(node_id(node)) == node
+    with pytest.raises(ValueError, match="malformed node id"):
+        parse_node_id("resid 3/f")
+
+
+def test_bad_circuit_files(tmp_path):
+    model = tiny_model()
+    data = json.loads(GOLDEN.read_text())
+    bad = dict(data, version=99)
+    with pytest.raises(ValueError, match="schema version 99 is not supported"):
+        Circuit.from_dict(bad)
+    other = dict(data, metadata=dict(data["metadata"], d_model=512))
+    with pytest.raises(ValueError, match="found on another model"):
+        Circuit.from_dict(other, model=model)
+    unknown = dict(data, nodes=data["nodes"] + [{"id": "mlp_7/f1", "score": 1.0}])
+    with pytest.raises(ValueError, match="unknown submodule 'mlp_7'"):
+        Circuit.from_dict(unknown, model=model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Circuit.from_json(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="aggregation='none' keeps positions"):
+        discover(model, None, [random_batch(t=4), random_batch(t=5)], aggregation="none")

@@ -1,0 +1,96 @@
+"""Task generators and loaders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from featurecircuits import tasks
+from featurecircuits.organism import corpus
+from featurecircuits.organism.tokenizer import build_word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_word_tokenizer(corpus.vocabulary())
+
+
+def test_ioi_patch_swaps_subject_and_indirect_object_everywhere(tok):
+    ex = tasks.ioi_example("then", "Alice", "Bob", "store", "book")
+    assert ex["clean_prefix"] == "Then, Bob and Alice went to the store. Bob gave a book to"
+    assert ex["patch_prefix"] == "Then, Alice and Bob went to the store. Alice gave a book to"
+    assert (ex["clean_answer"], ex["patch_answer"]) == (" Alice", " Bob")
+    for ex in tasks.make_task("ioi", 60, seed=3):
+        swap = ex["clean_prefix"].replace(ex["clean_answer"][1:], "@").replace(ex["patch_answer"][1:],
+                                                                               ex["clean_answer"][1:])
+        assert swap.replace("@", ex["patch_answer"][1:]) == ex["patch_prefix"]
+        assert len(tok.encode(ex["clean_prefix"])) == len(tok.encode(ex["patch_prefix"]))
+
+
+def test_ioi_cycles_the_three_templates_and_uses_held_out_pairs():
+    exs = tasks.make_task("ioi", 30, seed=0)
+    assert [e["template"] for e in exs[:3]] == ["then", "when", "after"]
+    held = set(corpus.heldout_name_pairs())
+    assert all(tuple(sorted((e["clean_answer"][1:], e["patch_answer"][1:]))) in held for e in exs)
+
+
+@pytest.mark.parametrize("name", [n for n in tasks.TASK_NAMES if n.startswith("sva")])
+def test_sva_pairs_differ_only_in_number(name, tok):
+    exs = tasks.make_task(name, 40, seed=1)
+    for ex in exs:
+        c, p = ex["clean_prefix"].split(), ex["patch_prefix"].split()
+        assert len(c) == len(p) and sum(a != b for a, b in zip(c, p, strict=True)) == 1
+        assert ex["clean_answer"] != ex["patch_answer"]
+    task = tasks.Task(name, exs)
+    tasks.validate(task, tok)  # single-token answers, equal lengths
+
+
+def test_sva_within_rc_answer_agrees_with_the_clause_subject():
+    ex = tasks.sva_example("within_rc", ("athlete", "athletes"), False, other=("manager", "managers"),
+                           other_plural=True)
+    assert ex["clean_prefix"] == "The athlete that the managers"
+    assert ex["patch_prefix"] == "The athlete that the manager"
+    assert (ex["clean_answer"], ex["patch_answer"]) == (" like", " likes")
+    ex = tasks.sva_example("rc", ("athlete", "athletes"), False, other=("manager", "managers"), other_plural=True)
+    assert ex["clean_prefix"] == "The athlete that the managers like"
+    assert (ex["clean_answer"], ex["patch_answer"]) == (" is", " are")
+
+
+def test_seeds_are_reproducible():
+    assert tasks.make_task("sva-pp", 20, seed=5) == tasks.make_task("sva-pp", 20, seed=5)
+    assert tasks.make_task("ioi", 20, seed=5) != tasks.make_task("ioi", 20, seed=6)
+
+
+def test_round_trip_and_batches_group_by_length(tmp_path, tok):
+    path = tasks.save_task(tasks.make_task("ioi", 9, seed=0), tmp_path / "ioi.jsonl")
+    task = tasks.load_task(path, tok)
+    assert len(task) == 9 and task.counts == {"then": 3, "when": 3, "after": 3}
+    batches = task.batches(tok, batch_size=4)
+    assert sorted(len(b) for b in batches) == [2, 3, 4]  # 'after' is one token shorter than the others
+    assert sum(len(b) for b in batches) == 9
+
+
+def test_loader_errors(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tasks.load_task(tmp_path / "none.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="holds no examples"):
+        tasks.load_task(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"clean_prefix": "The doctor", "patch_prefix": "The doctors"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing or non-string field\(s\) clean_answer, patch_answer"):
+        tasks.load_task(bad)
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text(json.dumps({"clean_prefix": "The doctor", "patch_prefix": "The doctors",
+                                 "clean_answer": " is happy", "patch_answer": " are"}) + "\n")
+    with pytest.raises(ValueError, match=r"example 1: answer ' is happy' must be a single token but is 2"):
+        tasks.load_task(multi, tok)
+    uneven = tmp_path / "uneven.jsonl"
+    uneven.write_text(json.dumps({"clean_prefix": "The doctor", "patch_prefix": "The old doctors",
+                                  "clean_answer": " is", "patch_answer": " are"}) + "\n")
+    with pytest.raises(ValueError, match="clean prefix has 2 tokens .* but patch prefix has 3"):
+        tasks.load_task(uneven, tok)
+    with pytest.raises(ValueError, match="unknown task 'sva-x'"):
+        tasks.make_task("sva-x")
