@@ -31,13 +31,15 @@ def _task(args, model):
     """A JSONL path, or a task name generated with the word lists that suit the model."""
     from pathlib import Path
 
-    from .tasks import TASK_NAMES, Task, load_task, make_task
+    from .tasks import TASK_NAMES, Task, load_task, make_task, validate
 
     if Path(args.task).is_file():
         return load_task(args.task, model.tokenizer)
     if args.task in TASK_NAMES:
         words = "organism" if model.name == "organism" else "pythia"
-        return Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words))
+        task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words))
+        validate(task, model.tokenizer, source=f"generated {args.task}")
+        return task
     raise ValueError(f"task {args.task!r} is neither a file nor one of {', '.join(TASK_NAMES)}")
 
 
@@ -120,6 +122,35 @@ def cmd_plot(args) -> int:
                                 top_k=args.top_k)
     write_html(circuit_figure(circuit, title=args.title), args.out)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges → {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .compare import PAPER_TABLE5, compare, comparison_figure
+    from .fileio import atomic_write_text
+    from .models import load_model
+    from .plots import write_html
+
+    model = load_model(args.model)
+    task = _task(args, model)
+    batches = task.batches(model.tokenizer, args.batch_size, n=args.n_examples)
+    comp = compare(model, batches, methods=args.methods.split(","), normalized=args.normalized,
+                   task_name=task.name, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "comparison.json", json.dumps(comp.to_dict(), indent=1))
+    write_html(comparison_figure(comp), out / "comparison.html")
+    rows = [{"component": kind, **{f"PCC {m}": f"{comp.pcc[m][kind]:.3f}" for m in comp.methods}}
+            for kind in ("resid", "attn", "mlp")]
+    print(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: Pearson correlation with activation patching\n")
+    print(_table(rows, list(rows[0])))
+    print("\nThe RelP paper's Table 5 (IOI): " + "; ".join(
+        f"{name} {kind} AtP {v['atp']:.3f} / RelP {v['relp']:.3f}"
+        for name, kinds in PAPER_TABLE5.items() for kind, v in kinds.items()))
+    print(f"wrote {out / 'comparison.json'} and {out / 'comparison.html'}")
     return 0
 
 
@@ -234,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--out", required=True, help="curve JSON file")
     cur.add_argument("--html", help="also write the plot here")
     cur.set_defaults(func=cmd_curve)
+
+    cmp = sub.add_parser("compare", help="AP vs AtP vs RelP at every layer and position (RelP paper, Table 5)")
+    cmp.add_argument("--model", default="organism", help="'organism', 'smollm2', a .gguf file, a folder or hub id")
+    cmp.add_argument("--task", default="ioi", help="a JSONL file or a task name")
+    cmp.add_argument("--n", dest="n_examples", type=int, default=100, help="number of pairs")
+    cmp.add_argument("--batch-size", type=int, default=25)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--methods", default="atp,relp")
+    cmp.add_argument("--normalized", action="store_true",
+                     help="metric (LD − LD_patch)/(LD_clean − LD_patch) instead of the logit difference")
+    cmp.add_argument("--out", required=True, help="folder for comparison.json and comparison.html")
+    cmp.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="interactive HTML graph of a saved circuit")
     plot.add_argument("--circuit", required=True)

@@ -62,6 +62,9 @@ def single_token(tokenizer, text: str) -> int:
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise ValueError(f"answer {text!r} must be a single token but is {len(ids)}: {pieces}")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and ids[0] == unk:
+        raise ValueError(f"answer {text!r} is not in the tokenizer's vocabulary (it maps to the unknown token)")
     return ids[0]
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -150,11 +153,7 @@ def load_dictionaries(
 
     Returns a dict from our submodule name (``resid_3``) to dictionary, in execution order.
     """
-    if str(root) == "organism":
-        from .models import REPO_ROOT
-
-        root = REPO_ROOT / "dictionaries" / "organism"
-    root = Path(root)
+    root = resolve_dictionaries(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dictionary root {root} is not a directory")
     if submodules is not None:
@@ -200,3 +199,78 @@ def save_dictionary(ae: nn.Module, folder: str | Path, *, trainer_config: dict |
     atomic_write_bytes(folder / "ae.pt", lambda f: torch.save(ae.state_dict(), f))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     return folder
+
+
+# The published Sparse Feature Circuits dictionaries for Pythia-70M-deduped (embed + attn/mlp/resid × 6,
+# 32768 features each, run "10_32768"), as one zip in a Hugging Face hub repo.
+PUBLISHED = {
+    "pythia-70m-deduped": ("saprmarks/pythia-70m-deduped-saes", "dictionaries_pythia-70m-deduped_10.zip"),
+}
+
+
+def download_dictionaries(name_or_repo: str = "pythia-70m-deduped", out_dir: str | Path | None = None,
+                          *, filename: str | None = None) -> Path:
+    """Download published dictionaries into ``out_dir`` (default ``<repo>/dictionaries``) and return the
+    root to pass to :func:`load_dictionaries` (``dictionaries/pythia-70m-deduped`` for the SFC set).
+
+    ``name_or_repo`` is a known name (``pythia-70m-deduped``) or a hub repo id; a zip is unpacked
+    (checking every member stays inside ``out_dir``), a repo of folders is fetched as a snapshot.
+    """
+    import zipfile
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    from .models import REPO_ROOT
+
+    out = Path(out_dir) if out_dir is not None else REPO_ROOT / "dictionaries"
+    repo, default_file = PUBLISHED.get(name_or_repo, (name_or_repo, None))
+    filename = filename or default_file
+    out.mkdir(parents=True, exist_ok=True)
+    if filename is None:
+        target = out / repo.replace("/", "__")
+        return Path(snapshot_download(repo_id=repo, local_dir=target, allow_patterns=["*.pt", "*.json",
+                                                                                    "*.safetensors"]))
+    archive = Path(hf_hub_download(repo_id=repo, filename=filename))
+    with zipfile.ZipFile(archive) as zf:
+        root_dirs = set()
+        for member in zf.namelist():
+            dest = (out / member).resolve()
+            if not dest.is_relative_to(out.resolve()):
+                raise ValueError(f"{archive.name}: member {member!r} would be written outside {out}")
+            parts = Path(member).parts
+            if len(parts) > 1 and parts[0] == "dictionaries":
+                parts = parts[1:]
+            if parts:
+                root_dirs.add(parts[0])
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".download-"))
+        try:
+            zf.extractall(staging)
+            inner = staging / "dictionaries" if (staging / "dictionaries").is_dir() else staging
+            for child in inner.iterdir():
+                dest = out / child.name
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(child, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    roots = [out / d for d in sorted(root_dirs) if (out / d).is_dir()]
+    log.info("dictionaries unpacked under %s", ", ".join(map(str, roots)))
+    return roots[0] if len(roots) == 1 else out
+
+
+def resolve_dictionaries(spec: str | Path) -> Path:
+    """A local folder as is; ``organism``; a published name or hub repo id → downloaded (once)."""
+    from .models import REPO_ROOT
+
+    if str(spec) == "organism":
+        return REPO_ROOT / "dictionaries" / "organism"
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if str(spec) in PUBLISHED:
+        local = REPO_ROOT / "dictionaries" / str(spec)
+        return local if local.is_dir() else download_dictionaries(str(spec))
+    if "/" in str(spec) and not path.exists() and len(path.parts) == 2:
+        return download_dictionaries(str(spec))
+    raise FileNotFoundError(f"dictionaries {spec!r}: not a folder, 'organism', a published name "
+                            f"({', '.join(PUBLISHED)}) or a hub repo id")

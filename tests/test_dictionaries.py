@@ -56,7 +56,7 @@ def test_width_mismatch_names_both_widths(tmp_path):
 
 def test_missing_files_and_folders(tmp_path):
     model = tiny_model()
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
         fc.load_dictionaries(tmp_path / "nope", model)
     with pytest.raises(FileNotFoundError, match="no dictionary folders"):
         fc.load_dictionaries(tmp_path, model)
@@ -75,3 +75,74 @@ def test_dtype_mismatch_is_reported():
     ae = random_dictionaries(model)["embed"].to(torch.float64)
     with pytest.raises(ValueError, match="float64 but the model is torch.float32"):
         fc.check_dictionary(ae, model, "embed")
+
+
+def _sfc_zip(path, model, width):
+    """A zip in the published layout: dictionaries/pythia-70m-deduped/<sfc name>/10_<width>/ae.pt."""
+    import zipfile
+
+    from featurecircuits.models import sfc_name
+
+    staging = path.parent / "staging"
+    for sub in model.submodules:
+        ae = random_dictionaries(model, size=width)[sub.name] if width < 1000 else _wide(model, width)
+        fc.save_dictionary(ae, staging / "dictionaries" / "pythia-70m-deduped" / sfc_name(sub) / f"10_{width}")
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in staging.rglob("*"):
+            if f.is_file():
+                zf.write(f, f.relative_to(staging))
+    return path
+
+
+def _wide(model, width):
+    from dictionary_learning import AutoEncoder
+
+    ae = AutoEncoder(model.d_model, width)
+    ae.activation_dim, ae.dict_size = model.d_model, width
+    return ae.eval().requires_grad_(False)
+
+
+def test_download_unpacks_the_published_layout(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from featurecircuits import dictionaries as D
+
+    model = tiny_model()
+    archive = _sfc_zip(tmp_path / "dl.zip", model, 64)
+    calls = []
+
+    def fake_download(repo_id, filename, **kw):
+        calls.append((repo_id, filename))
+        return str(archive)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    root = D.download_dictionaries("pythia-70m-deduped", tmp_path / "out")
+    assert calls == [("saprmarks/pythia-70m-deduped-saes", "dictionaries_pythia-70m-deduped_10.zip")]
+    assert root == tmp_path / "out" / "pythia-70m-deduped"
+    assert (root / "resid_out_layer1" / "10_64" / "ae.pt").is_file()
+    loaded = fc.load_dictionaries(root, model)
+    assert list(loaded) == [s.name for s in model.submodules]
+
+
+def test_pythia70m_shaped_model_with_published_format_dictionaries(tmp_path):
+    """Pythia-70M's shape, random weights, width-32768 dictionaries in the exact published layout
+    (three submodules, to keep the test's disk use modest)."""
+    import transformers as tr
+
+    cfg = tr.GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                           intermediate_size=2048, rotary_pct=0.25, use_parallel_residual=True)
+    model = fc.load_model(tr.GPTNeoXForCausalLM(cfg))
+    root = tmp_path / "pythia-70m-deduped"
+    for name in ("embed", "attn_out_layer3", "resid_out_layer5"):
+        fc.save_dictionary(_wide(model, 32768), root / name / "10_32768")
+    dicts = fc.load_dictionaries(root, model)
+    assert list(dicts) == ["embed", "attn_3", "resid_5"]
+    assert all(d.dict_size == 32768 for d in dicts.values())
+    batch = fc.Batch(torch.randint(0, 50304, (2, 6)), torch.randint(0, 50304, (2, 6)),
+                     torch.tensor([1, 2]), torch.tensor([3, 4]))
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    assert res.scores["resid_5"].shape == (2, 6, 32768)
+    # features + error add up to the estimate for the whole output, Δx · c (the decoder is linear)
+    delta, coef = res.deltas["resid_5"], res.coefficients["resid_5"]
+    dx = delta["err"] + delta["act"] @ dicts["resid_5"].decoder.weight.t()
+    assert torch.allclose(res.node_totals("resid_5"), (dx * coef["err"]).sum((1, 2)), rtol=1e-4, atol=1e-4)

@@ -94,3 +94,15 @@ def test_loader_errors(tmp_path, tok):
         tasks.load_task(uneven, tok)
     with pytest.raises(ValueError, match="unknown task 'sva-x'"):
         tasks.make_task("sva-x")
+
+
+def test_words_outside_the_vocabulary_are_errors(tmp_path, tok):
+    from featurecircuits.data import single_token
+
+    with pytest.raises(ValueError, match="' Zebediah' is not in the tokenizer's vocabulary"):
+        single_token(tok, " Zebediah")
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"clean_prefix": "The wombat", "patch_prefix": "The wombats",
+                               "clean_answer": " is", "patch_answer": " are"}) + "\n")
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        tasks.load_task(odd, tok)
