@@ -203,6 +203,15 @@ def _node_scores(res, aggregation: str) -> dict[Node, torch.Tensor]:
     return out
 
 
+RESULT_MEMORY_BUDGET = 2 * 2**30  # bytes of per-batch attribution results kept for edge scoring
+
+
+def _result_bytes(res) -> int:
+    tensors = [t for group in (res.deltas, res.coefficients, res.activations) for parts in group.values()
+               for t in parts.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: int = 4) -> dict[Node, list[str]]:
     """For each feature node, the clean-prompt contexts (last ``width`` tokens) where it is most active."""
     out = {}
@@ -265,10 +274,18 @@ def discover(
     act_sums: dict[str, torch.Tensor] = {}
     results = []
     m_base = m_src = 0.0
+
+    def run_attribution(batch):
+        return attribute(model, batch, method=method, dictionaries=splice.dictionaries,
+                         submodules=[s.name for s in splice.submodules], metric=metric, direction=direction,
+                         lrp=lrp, ig_steps=ig_steps)
+
+    keep_results = True
     for batch in tqdm(batches, desc=f"{method} nodes", disable=not progress):
-        res = attribute(model, batch, method=method, dictionaries=splice.dictionaries,
-                        submodules=[s.name for s in splice.submodules], metric=metric, direction=direction,
-                        lrp=lrp, ig_steps=ig_steps)
+        res = run_attribution(batch)
+        if keep_results and _result_bytes(res) * len(batches) > RESULT_MEMORY_BUDGET:
+            keep_results = False  # edges will recompute each batch's attribution instead
+            results = []
         for key, t in _node_scores(res, aggregation).items():
             sums[key] = sums.get(key, 0) + t
         for sub, acts in res.activations.items():  # mean feature activation per example and position
@@ -276,7 +293,10 @@ def discover(
             act_sums[sub] = act_sums.get(sub, 0) + a.sum((0, 1)) / batch.n_tokens
         m_base += float(res.metric_base.sum())
         m_src += float(res.metric_source.sum())
-        results.append((batch, res))
+        if keep_results:
+            results.append((batch, res))
+        else:
+            results.append((batch, None))
     # node selection
     scores: dict[Node, float] = {}
     for (sub, part), t in sums.items():
@@ -300,9 +320,13 @@ def discover(
     weights: dict[tuple[Node, Node], float] = {}
     if edges and scores:
         for batch, res in tqdm(results, desc="edges", disable=not progress):
+            res = res if res is not None else run_attribution(batch)
             for key, w in score_edges(model, splice, batch.to(model.device), res, list(scores)).weights.items():
                 weights[key] = weights.get(key, 0.0) + w
-    contexts = _top_contexts(model, results, [n for n in scores if n[2] is not None]) if model.tokenizer else {}
+    if not keep_results and results:  # hover contexts come from the first batch then
+        results[0] = (results[0][0], results[0][1] or run_attribution(results[0][0]))
+    kept = [r for r in results if r[1] is not None]
+    contexts = _top_contexts(model, kept, [n for n in scores if n[2] is not None]) if model.tokenizer else {}
     graph = nx.DiGraph()
     graph.add_node(METRIC_NODE, kind="metric", score=(m_src - m_base) / total, submodule=None, layer=None,
                    position=None, feature=None)
