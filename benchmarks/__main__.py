@@ -79,6 +79,49 @@ def run_setting(name, model, dicts, batch, methods, repeats, rows):
             print(_fmt(rows[-1]), flush=True)
 
 
+def top_nodes(res, k: int):
+    """The k nodes with the largest |score| summed over examples and positions."""
+    flat = []
+    for sub in res.submodules:
+        s = res.scores[sub].sum((0, 1))
+        if s.ndim:
+            flat += [((sub, "act", int(i), None), float(v)) for i, v in enumerate(s) if v != 0]
+        else:
+            flat.append(((sub, "act", None, None), float(s)))
+        if sub in res.error_scores:
+            flat.append(((sub, "err", None, None), float(res.error_scores[sub].sum())))
+    flat.sort(key=lambda x: -abs(x[1]))
+    return [n for n, _ in flat[:k]]
+
+
+def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
+    """Edge scoring among the top-k RelP nodes, against RelP node scoring measured in the same run."""
+    from featurecircuits.edges import score_edges
+    from featurecircuits.splice import Splice
+
+    splice = Splice(model, dicts)
+    node_secs, _ = timeit(lambda: fc.attribute(model, batch, method="relp", dictionaries=dicts), 3)
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    for k in sizes:
+        nodes = top_nodes(res, k)
+        secs, rss = timeit(lambda n=nodes: score_edges(model, splice, batch, res, n), 1)
+        rows.append({"setting": name, "level": "feature", "method": f"edges, {len(nodes)} nodes",
+                     "seconds": secs, "ratio": secs / node_secs, "peak_rss_gib": rss / 2**30})
+        print(_fmt(rows[-1]) + "   (ratio to RelP node scoring)", flush=True)
+
+
+def run_demo(rows):
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "featurecircuits", "demo", "--out", "out/bench-demo"], check=True,
+                   capture_output=True)
+    rows.append({"setting": "organism", "level": "-", "method": "make demo (end to end)",
+                 "seconds": time.perf_counter() - start, "ratio": float("nan"), "peak_rss_gib": float("nan")})
+    print(_fmt(rows[-1]), flush=True)
+
+
 COLUMNS = ("setting", "level", "method", "seconds", "ratio", "peak_rss_gib")
 
 
@@ -95,6 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--width", type=int, default=32768, help="dictionary width of the Pythia-70M setting")
+    parser.add_argument("--no-edges", action="store_true", help="skip edge scoring")
+    parser.add_argument("--demo", action="store_true", help="also time the full demo")
     parser.add_argument("--out", default="benchmarks/results.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -109,7 +154,11 @@ def main(argv=None) -> int:
         else:
             raise SystemExit(f"unknown setting {name!r}; valid: organism, pythia70m")
         run_setting(name, model, dicts, batch, methods, args.repeats, rows)
+        if not args.no_edges:
+            run_edges(name, model, dicts, batch, rows)
         del model, dicts
+    if args.demo:
+        run_demo(rows)
     fc.fileio.atomic_write_text(args.out, json.dumps(rows, indent=1))
     print(f"\n{len(rows)} rows written to {args.out}")
     return 0

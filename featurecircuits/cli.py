@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p, *, task=True):
         p.add_argument("--model", default="organism", help="'organism', a local directory or a hub id")
         p.add_argument("--dictionaries", default="organism",
-                       help="dictionary root ('organism', a folder, a hub repo id) or 'none' for components")
+                       help="dictionary root ('organism', a folder, a hub repo id), 'neurons' (identity "
+                            "baseline) or 'none'")
         if task:
             p.add_argument("--task", required=True, help="a JSONL file or a task name (ioi, sva-rc, ...)")
             p.add_argument("--n-examples", type=int, default=100)

@@ -153,6 +153,8 @@ def load_dictionaries(
 
     Returns a dict from our submodule name (``resid_3``) to dictionary, in execution order.
     """
+    if str(root) == "neurons":
+        return neuron_dictionaries(model, submodules)
     root = resolve_dictionaries(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dictionary root {root} is not a directory")
@@ -174,6 +176,14 @@ def load_dictionaries(
         check_dictionary(ae, model, sub.name)
         out[sub.name] = ae
     return out
+
+
+def neuron_dictionaries(model: Model, submodules=None) -> dict[str, nn.Module]:
+    """The neuron baseline: an identity dictionary per submodule, so each node is one dimension of the
+    submodule's output and the error term is zero (the Sparse Feature Circuits neuron circuits)."""
+    from dictionary_learning.dictionary import IdentityDict
+
+    return {s.name: IdentityDict(model.d_model) for s in model.select(submodules)}
 
 
 def check_dictionary(ae: nn.Module, model: Model, submodule: str) -> None:

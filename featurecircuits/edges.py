@@ -48,6 +48,44 @@ class EdgeScores:
     weights: dict[tuple[Node, Node], float]
 
 
+def encoder_rows(ae) -> torch.Tensor | None:
+    """(features, d_model) rows w_j with ∂f_j/∂x = 1[f_j > 0]·w_j, for the ReLU-family encoders
+    (AutoEncoder, JumpReLU, TopK); None where the Jacobian has another form (use autograd)."""
+    name = type(ae).__name__
+    if name in ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE"):
+        return ae.encoder.weight.detach()
+    if name == "JumpReluAutoEncoder":
+        return ae.W_enc.detach().t()
+    return None
+
+
+def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x: torch.Tensor,
+                      features: torch.Tensor | None) -> torch.Tensor:
+    """(K, B, T, d) cotangents at the submodule output for K downstream nodes; feature nodes of
+    ReLU-family encoders in one einsum (``features`` = encode(x)), the rest by autograd."""
+    ae = splice.dictionaries.get(sub.name)
+    rows = encoder_rows(ae) if ae is not None else None
+    out: list[torch.Tensor | None] = [None] * len(group)
+    fast = [k for k, nd in enumerate(group) if rows is not None and nd[1] == "act" and nd[2] is not None]
+    if fast:
+        with torch.no_grad():
+            idx = torch.tensor([group[k][2] for k in fast])
+            weight = coef["act"][..., idx] * (features[..., idx] > 0).to(x.dtype)  # (B, T, K)
+            for j, k in enumerate(fast):
+                pos = group[k][3]
+                if pos is not None:  # a node at one position: the other positions do not count
+                    keep = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+                    keep[pos] = 1
+                    weight[..., j] = weight[..., j] * keep
+            cots = torch.einsum("btk,kd->kbtd", weight, rows[idx].to(x.dtype))
+        for j, k in enumerate(fast):
+            out[k] = cots[j]
+    for k, nd in enumerate(group):
+        if out[k] is None:
+            out[k] = _node_cotangent(splice, sub, nd, coef, x)
+    return torch.stack(out)
+
+
 def _node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:
     """The cotangent at the submodule output x (B, T, d) of ``c_d · d`` for one downstream node."""
     _, part, feat, pos = node
@@ -113,9 +151,12 @@ def score_edges(
         d_sub = by_name[d_name]
         coef = attribution.coefficients[d_name]
         x = outputs[d_name]
+        ae = splice.dictionaries.get(d_name)
+        with torch.no_grad():
+            features = ae.encode(x.detach()) if ae is not None else None
         for start in range(0, len(d_nodes), chunk):
             group = d_nodes[start:start + chunk]
-            cot = torch.stack([_node_cotangent(splice, d_sub, nd, coef, x) for nd in group])
+            cot = _chunk_cotangents(splice, d_sub, group, coef, x, features)
             grads = torch.autograd.grad(x, [leaves[u] for u in upstream], cot, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)
             for u_name, g in zip(upstream, grads, strict=True):

@@ -77,11 +77,13 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None) -> go.Figure:
             lines.append("most active on: " + " | ".join(_esc(t) for t in a["top_contexts"]))
         hover.append("<br>".join(lines))
         sizes.append(8 + 24 * math.sqrt(min(1.0, abs(s) / max_score)) if n != METRIC_NODE else 26)
-        colors.append(s)
+        colors.append(max(-max_score, min(max_score, s)) if n != METRIC_NODE else 0.0)  # metric: neutral
     traces.append(go.Scatter(
         x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers",
         marker={"size": sizes, "color": colors, "colorscale": [[0, _NEG], [0.5, "#f4f4f4"], [1, _POS]],
-                "cmid": 0, "line": {"width": 1, "color": "#333"}, "colorbar": {"title": "score"}},
+                "cmin": -max_score, "cmax": max_score, "line": {"width": 1, "color": "#333"},
+                "colorbar": {"title": "score"}, "symbol": ["diamond" if n == METRIC_NODE else "circle"
+                                                           for n in names]},
         hovertext=hover, hoverinfo="text", customdata=names, name="nodes", showlegend=False))
     meta = circuit.metadata
     heading = title or (f"{meta.get('method', '?')} circuit · {meta.get('model', '')} · {len(circuit)} nodes, "

@@ -193,3 +193,34 @@ def test_bad_circuit_files(tmp_path):
         Circuit.from_json(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="aggregation='none' keeps positions"):
         discover(model, None, [random_batch(t=4), random_batch(t=5)], aggregation="none")
+
+
+def test_neuron_baseline_runs_the_same_pipeline():
+    model = tiny_model()
+    neurons = fc.load_dictionaries("neurons", model)
+    assert set(neurons) == {s.name for s in model.submodules} and neurons["mlp_0"].dict_size == model.d_model
+    batch = random_batch()
+    res = fc.attribute(model, batch, method="relp", dictionaries=neurons)
+    assert not res.error_scores["mlp_0"].any()  # identity: nothing left for the error term
+    comp = fc.attribute(model, batch, method="relp")
+    assert torch.allclose(res.scores["mlp_0"].sum(-1), comp.scores["mlp_0"], atol=1e-5)
+    c = discover(model, neurons, [batch], node_threshold=0.01, edge_threshold=0.001)
+    assert len(c) > 0 and all("/f" in n for n in c.nodes)
+    assert evaluate(model, neurons, c, [batch]).n_nodes == len(c)
+
+
+def test_closed_form_encoder_jacobian_equals_autograd(monkeypatch):
+    import featurecircuits.edges as E
+
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch()
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    nodes = [("resid_0", "act", i, None) for i in range(0, 64, 3)] + [("resid_1", "act", i, 2) for i in range(40)]
+    nodes += [("mlp_1", "err", None, None), ("attn_1", "act", 5, None)]
+    fast = E.score_edges(model, Splice(model, dicts), batch, res, nodes).weights
+    monkeypatch.setattr(E, "encoder_rows", lambda ae: None)
+    slow = E.score_edges(model, Splice(model, dicts), batch, res, nodes).weights
+    assert fast.keys() == slow.keys() and len(fast) > 100
+    for k in fast:
+        assert fast[k] == pytest.approx(slow[k], rel=1e-4, abs=1e-7), k

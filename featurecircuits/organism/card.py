@@ -101,6 +101,28 @@ def _grid_table(tokens: list[str], grid: torch.Tensor, row_label: str) -> list[s
     return lines
 
 
+def _targets(info: dict) -> list[str]:
+    """Each target of the organism, met or missed, from the measured figures."""
+    out = []
+    ioi = info["tasks"]["ioi"].values()
+    ok = all(r["acc_clean"] >= 0.95 and r["acc_patch"] >= 0.95 and r["ld_clean"] >= 3 and r["ld_patch"] >= 3
+             for r in ioi)
+    out.append(f"- IOI accuracy ≥ 95 % and logit difference ≥ 3 on every template, clean and patch: "
+               f"{'met' if ok else 'missed'}")
+    sva = [r for t, g in info["tasks"].items() if t.startswith("sva") for r in g.values()]
+    ok = all(r["acc_clean"] >= 0.95 and r["acc_patch"] >= 0.95 for r in sva)
+    out.append(f"- agreement accuracy ≥ 95 % on all four variants: {'met' if ok else 'missed'}")
+    low = [n for n, q in info["saes"].items() if q["fve"] < 0.9]
+    out.append(f"- every SAE explains ≥ 90 % of variance: {'met' if not low else 'missed for ' + ', '.join(low)}")
+    for task in ("ioi", "sva"):
+        bad = [f"{n} ({min(v for k, v in r.items() if k.startswith(task)):.2f})"
+               for n, r in info["retention"].items() if min(v for k, v in r.items() if k.startswith(task)) < 0.8]
+        label = "IOI" if task == "ioi" else "agreement"
+        out.append(f"- {label} logit difference kept ≥ 80 % with each single SAE spliced without its error term: "
+                   + ("met" if not bad else "missed for " + ", ".join(bad)))
+    return out
+
+
 def card_markdown(info: dict) -> str:
     """The model card from measured figures (``info`` is what ``measure`` returned)."""
     cfg = info["config"]
@@ -147,6 +169,7 @@ def card_markdown(info: dict) -> str:
         ret = info["retention"][name]
         sva = min(v for k, v in ret.items() if k.startswith("sva"))
         lines.append(f"| {name} | {q['fve']:.3f} | {q['l0']:.1f} | {q['alive']:.0%} | {ret['ioi']:.2f} | {sva:.2f} |")
+    lines += ["", "## Targets", ""] + _targets(info)
     for tname, (tokens, grids) in info["ap"].items():
         lines += ["", f"## Activation patching: {tname}", "",
                   "Mean effect on the logit difference of patching one component's output at one position "

@@ -45,7 +45,7 @@ class OrganismConfig:
     sae_steps: int = 1200
     sae_batch_seqs: int = 32
     sae_lr: float = 1e-3
-    sae_l1: float = 0.04
+    sae_l1: float = 0.08
 
     def __post_init__(self):
         for name, value in asdict(self).items():
