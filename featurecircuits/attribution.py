@@ -181,6 +181,16 @@ def relp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 # IG: one submodule at a time, all its nodes interpolated together, steps batched
 
 
+def _both_runs(model, splice, batch, metric, cfg):
+    """Base and source forwards (no gradient): base ids, both runs' parts, and the metric on each."""
+    base_ids, src_ids = _roles(batch, cfg.direction)
+    base_parts, base_logits = _capture(model, splice, base_ids)
+    src_parts, src_logits = _capture(model, splice, src_ids)
+    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
+    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
+    return base_ids, base_parts, src_parts, m_base, m_src
+
+
 def _alphas(cfg: AttributionConfig) -> torch.Tensor:
     k = torch.arange(cfg.ig_steps, dtype=torch.float32)
     return (k + 0.5) / cfg.ig_steps if cfg.ig_rule == "midpoint" else k / cfg.ig_steps
@@ -192,11 +202,7 @@ def _expand(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
-    base_ids, src_ids = _roles(batch, cfg.direction)
-    base_parts, base_logits = _capture(model, splice, base_ids)
-    src_parts, src_logits = _capture(model, splice, src_ids)
-    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
-    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
+    base_ids, base_parts, src_parts, m_base, m_src = _both_runs(model, splice, batch, metric, cfg)
     n = len(batch)
     alphas = _alphas(cfg)
     per_chunk = max(1, cfg.max_batch // n)
@@ -243,11 +249,7 @@ def _ap_nodes(splice: Splice, sub: Submodule, delta: Parts) -> list[tuple[str, i
 
 
 def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
-    base_ids, src_ids = _roles(batch, cfg.direction)
-    base_parts, base_logits = _capture(model, splice, base_ids)
-    src_parts, src_logits = _capture(model, splice, src_ids)
-    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
-    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
+    base_ids, base_parts, src_parts, m_base, m_src = _both_runs(model, splice, batch, metric, cfg)
     n = len(batch)
     per_chunk = max(1, cfg.max_batch // n)
     deltas, per_part = {}, {}
