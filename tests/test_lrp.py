@@ -123,10 +123,20 @@ def test_half_rule_halves_the_gate_factors():
         assert torch.allclose(half, 0.5 * plain, atol=1e-7)
 
 
+def _qkv_grads(model, attn, kept):
+    """(q, k, v) gradients at the projections: separate modules, or slices of a fused one."""
+    if model.family.name == "gpt_neox":  # per head: [q | k | v], each head_dim wide
+        g = kept["qkv"].grad
+        heads = model.config.num_attention_heads
+        g = g.view(*g.shape[:-1], heads, 3, -1)
+        return g[..., 0, :], g[..., 1, :], g[..., 2, :]
+    if model.family.name == "gpt2":  # [q | k | v], each d_model wide
+        return kept["qkv"].grad.split(model.d_model, dim=-1)
+    return tuple(kept[n].grad for n in ("q", "k", "v"))
+
+
 def test_ah_rule_cuts_query_and_key_paths(family):
     model = tiny_model(family)
-    if model.family.name in ("gpt_neox", "gpt2"):
-        pytest.skip("fused qkv projection: checked on the families with separate q/k/v")
     attn = model.layer_module(0, model.family.attn)
     kept = {}
 
@@ -136,13 +146,16 @@ def test_ah_rule_cuts_query_and_key_paths(family):
             o.retain_grad()
         return hook
 
+    fused = {"gpt_neox": "query_key_value", "gpt2": "c_attn"}.get(model.family.name)
+    targets = ({getattr(attn, fused): keep("qkv")} if fused else
+               {attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")})
     config = fc.LRPConfig.gradient().with_(attention="ah")
-    with lrp.hooks({attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")}):
-        with fc.apply_rules(model, config):
-            model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
-    assert kept["q"].grad is None or not kept["q"].grad.any()
-    assert kept["k"].grad is None or not kept["k"].grad.any()
-    assert kept["v"].grad.abs().sum() > 0
+    with lrp.hooks(targets), fc.apply_rules(model, config):
+        model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
+    q, k, v = _qkv_grads(model, attn, kept)
+    assert q is None or not q.any()
+    assert k is None or not k.any()
+    assert v.abs().sum() > 0
 
 
 def test_gamma_rule_conserves_relevance_and_epsilon_absorbs_some():
