@@ -203,3 +203,17 @@ def test_pearson_matches_numpy():
     g = np.random.default_rng(0)
     a, b = g.normal(size=30), g.normal(size=30)
     assert abs(fc.pearson(a, b) - np.corrcoef(a, b)[0, 1]) < 1e-12
+
+
+def test_ig_over_the_last_layer_approaches_the_total_effect():
+    """Patching the last residual stream whole is the whole patch: IG's node sum → m(patch) − m(clean)."""
+    model = tiny_model("gpt_neox")
+    batch = random_batch(n=4)
+    dicts = random_dictionaries(model)
+    errors = []
+    for steps in (2, 8, 32):
+        res = fc.attribute(model, batch, method="ig", dictionaries=dicts, submodules=["resid_1"], ig_steps=steps,
+                           ig_rule="midpoint")
+        total = res.metric_source - res.metric_base
+        errors.append(float((res.node_totals("resid_1") - total).abs().max()))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3 * float(total.abs().max())
