@@ -327,10 +327,18 @@ def attribute(
     return result
 
 
+def _flatten(x) -> torch.Tensor:
+    if isinstance(x, (list, tuple)) and x and not isinstance(x[0], (int, float)):
+        return torch.cat([_flatten(v) for v in x])
+    return torch.as_tensor(x, dtype=torch.float64).detach().flatten().cpu()
+
+
 def pearson(a, b) -> float:
-    """Pearson correlation of two equally shaped arrays (flattened); NaN when either is constant."""
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    """Pearson correlation of two equally shaped arrays, tensors or lists of them (flattened); NaN when
+    either is constant."""
+    a, b = _flatten(a), _flatten(b)
+    if a.shape != b.shape:
+        raise ValueError(f"pearson needs equally many values, got {a.numel()} and {b.numel()}")
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denom) if denom > 0 else float("nan")

@@ -203,6 +203,10 @@ def test_pearson_matches_numpy():
     g = np.random.default_rng(0)
     a, b = g.normal(size=30), g.normal(size=30)
     assert abs(fc.pearson(a, b) - np.corrcoef(a, b)[0, 1]) < 1e-12
+    halves = [torch.tensor(a[:10]), torch.tensor(a[10:])], [torch.tensor(b[:10]), torch.tensor(b[10:])]
+    assert abs(fc.pearson(*halves) - np.corrcoef(a, b)[0, 1]) < 1e-12  # lists of tensors, as in the README
+    with pytest.raises(ValueError, match="equally many values"):
+        fc.pearson(a, b[:5])
 
 
 def test_ig_over_the_last_layer_approaches_the_total_effect():
