@@ -285,18 +285,15 @@ def discover(
         res = run_attribution(batch)
         if keep_results and _result_bytes(res) * len(batches) > RESULT_MEMORY_BUDGET:
             keep_results = False  # edges will recompute each batch's attribution instead
-            results = []
+            results = [(b, None) for b, _ in results]
         for key, t in _node_scores(res, aggregation).items():
             sums[key] = sums.get(key, 0) + t
         for sub, acts in res.activations.items():  # mean feature activation per example and position
-            a = acts["act"] if splice.has_features(model.submodule(sub)) else acts["act"].norm(dim=-1, keepdim=True)
-            act_sums[sub] = act_sums.get(sub, 0) + a.sum((0, 1)) / batch.n_tokens
+            if splice.has_features(model.submodule(sub)):
+                act_sums[sub] = act_sums.get(sub, 0) + acts["act"].sum((0, 1)) / batch.n_tokens
         m_base += float(res.metric_base.sum())
         m_src += float(res.metric_source.sum())
-        if keep_results:
-            results.append((batch, res))
-        else:
-            results.append((batch, None))
+        results.append((batch, res if keep_results else None))
     # node selection
     scores: dict[Node, float] = {}
     for (sub, part), t in sums.items():
@@ -353,8 +350,8 @@ def discover(
         "edge_threshold": edge_threshold, "top_k": top_k, "n_examples": total, "token_lengths": lengths,
         "ig_steps": ig_steps if method == "ig" else None, "submodules": [s.name for s in splice.submodules],
         "dictionary_sizes": {k: int(v.dict_size) for k, v in splice.dictionaries.items()},
-        "metric": getattr(metric, "__name__", "custom"), "metric_clean": m_base / total,
-        "metric_patch": m_src / total,
+        "metric": getattr(metric, "__name__", "custom"), "metric_base": m_base / total,
+        "metric_source": m_src / total,  # base = clean when noising, patch when denoising
         "lrp": (lrp.__dict__ if lrp else None) if method == "relp" else None,
     }
     return Circuit(graph, meta)

@@ -224,3 +224,17 @@ def test_closed_form_encoder_jacobian_equals_autograd(monkeypatch):
     assert fast.keys() == slow.keys() and len(fast) > 100
     for k in fast:
         assert fast[k] == pytest.approx(slow[k], rel=1e-4, abs=1e-7), k
+
+
+def test_edges_are_the_same_when_results_do_not_fit_in_memory(monkeypatch):
+    import featurecircuits.circuit as C
+
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batches = [random_batch(n=2, seed=s) for s in (1, 2, 3)]
+    kept = discover(model, dicts, batches, top_k=40, edge_threshold=0.0)
+    monkeypatch.setattr(C, "RESULT_MEMORY_BUDGET", 1)  # recompute every batch's attribution for edges
+    recomputed = discover(model, dicts, batches, top_k=40, edge_threshold=0.0)
+    assert kept.n_edges > 20 and set(kept.graph.edges) == set(recomputed.graph.edges)
+    for u, v, w in kept.graph.edges(data="weight"):
+        assert recomputed.graph.edges[u, v]["weight"] == pytest.approx(w, rel=1e-5, abs=1e-8)
