@@ -47,6 +47,11 @@ class Comparison:
                            for k, v in self.grids.items()}}
 
 
+def pooled_cells(grids, method: str, kind: str) -> torch.Tensor:
+    """Every layer × position cell of one method and component type, over all length groups."""
+    return torch.cat([grids[t][method][kind].flatten() for t in sorted(grids)])
+
+
 def normalized_logit_diff(batch: Batch, ld_clean: torch.Tensor, ld_patch: torch.Tensor):
     """``(LD − LD_patch) / (LD_clean − LD_patch)`` per example, as a metric for ``batch`` (and its
     tilings, which attribution methods use to run many patches at once)."""
@@ -96,9 +101,7 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
     for method in methods:
         pcc[method] = {}
         for kind in KINDS:
-            ap = torch.cat([grids[t]["ap"][kind].flatten() for t in sorted(grids)])
-            est = torch.cat([grids[t][method][kind].flatten() for t in sorted(grids)])
-            pcc[method][kind] = pearson(ap, est)
+            pcc[method][kind] = pearson(pooled_cells(grids, "ap", kind), pooled_cells(grids, method, kind))
     return Comparison(model.name, task_name, list(methods), sum(counts.values()), grids, tokens, pcc, normalized)
 
 
@@ -129,8 +132,7 @@ def comparison_figure(comp: Comparison):
                                      hovertemplate="layer %{y}, token %{x}: %{z:.3f}<extra></extra>"),
                           row=r, col=c)
         for m in comp.methods:
-            ap = torch.cat([comp.grids[t]["ap"][kind].flatten() for t in comp.grids])
-            est = torch.cat([comp.grids[t][m][kind].flatten() for t in comp.grids])
+            ap, est = pooled_cells(comp.grids, "ap", kind), pooled_cells(comp.grids, m, kind)
             fig.add_trace(go.Scatter(x=ap.tolist(), y=est.tolist(), mode="markers", marker={"size": 5},
                                      marker_color=palette.get(m, "#555"),
                                      name=f"{m} (r={comp.pcc[m][kind]:.3f})", legendgroup=m,

@@ -292,7 +292,6 @@ def apply_rules(model, config: LRPConfig | None = None) -> Iterator[LRPConfig]:
     """Switch the LRP rules on for forwards run inside the block (``model`` is a featurecircuits Model)."""
     config = config or default_rules(model.family.name)
     forward: dict[nn.Module, Callable] = {}
-    pre: dict[nn.Module, Callable] = {}
     with ExitStack() as stack:
         if config.linear != "zero":
             rule = epsilon_rule(config.epsilon) if config.linear == "epsilon" else gamma_rule(config.gamma)
@@ -312,7 +311,7 @@ def apply_rules(model, config: LRPConfig | None = None) -> Iterator[LRPConfig]:
             if config.gate == "half" and model.family.gate is not None:
                 up, down = (getattr(mlp, n) for n in model.family.gate)
                 gate_hooks.append((act, up, down, half_rule_hooks()))
-        stack.enter_context(hooks(forward, pre))
+        stack.enter_context(hooks(forward))
         # Gate stash hooks go after the act rule, so they see the act output with its rule applied.
         for act, up, down, (on_act, on_up, on_down) in gate_hooks:
             stack.enter_context(hooks({act: on_act, up: on_up}, {down: on_down}))

