@@ -107,17 +107,42 @@ def ablated_metric(model: Model, splice: Splice, batch: Batch, keep: Masks, cfg:
 
 
 def ablation_values(model: Model, splice: Splice, batch: Batch, cfg: AblationConfig) -> dict:
-    """What ablated nodes are set to, per submodule and part, broadcastable to (B, T, ...)."""
-    store: dict = {}
-    with torch.no_grad():
-        run(model, batch.patch, splice.capture_edit(store), splice.submodules)
+    """What ablated nodes are set to for one batch, per submodule and part, broadcastable to (B, T, ...)."""
+    return ablation_sources(model, splice, [batch], cfg)[0][1]
+
+
+def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg: AblationConfig
+                     ) -> list[tuple[Batch, dict]]:
+    """Each batch (on the model's device) with its ablation values. Means are taken per position over
+    *all* the batches' patch prompts of that token length, not batch by batch, so results do not depend
+    on ``batch_size``; resampling draws from the batch's own patch prompts."""
+    batches = [b.to(model.device) for b in batches]
+    stores = []
+    for batch in batches:
+        store: dict = {}
+        with torch.no_grad():
+            run(model, batch.patch, splice.capture_edit(store), splice.submodules)
+        stores.append(store)
     if cfg.ablation == "mean":
-        return {s: {k: v.mean(0, keepdim=True) for k, v in p.items()} for s, p in store.items()}
+        sums: dict[int, dict] = {}
+        counts: dict[int, int] = {}
+        for batch, store in zip(batches, stores, strict=True):
+            acc = sums.setdefault(batch.n_tokens, {})
+            for s, parts in store.items():
+                for k, v in parts.items():
+                    acc.setdefault(s, {})[k] = acc.get(s, {}).get(k, 0) + v.sum(0, keepdim=True)
+            counts[batch.n_tokens] = counts.get(batch.n_tokens, 0) + len(batch)
+        means = {n: {s: {k: v / counts[n] for k, v in p.items()} for s, p in acc.items()} for n, acc in sums.items()}
+        return [(b, means[b.n_tokens]) for b in batches]
     if cfg.ablation == "zero":
-        return {s: {k: torch.zeros_like(v[:1]) for k, v in p.items()} for s, p in store.items()}
+        return [(b, {s: {k: torch.zeros_like(v[:1]) for k, v in p.items()} for s, p in store.items()})
+                for b, store in zip(batches, stores, strict=True)]
     g = torch.Generator().manual_seed(cfg.seed)
-    perm = torch.randperm(len(batch), generator=g)
-    return {s: {k: v[perm] for k, v in p.items()} for s, p in store.items()}
+    out = []
+    for b, store in zip(batches, stores, strict=True):
+        perm = torch.randperm(len(b), generator=g)
+        out.append((b, {s: {k: v[perm] for k, v in p.items()} for s, p in store.items()}))
+    return out
 
 
 def _invert(masks: Masks) -> Masks:
@@ -141,10 +166,8 @@ def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_
     """
     sums = {"circuit": 0.0, "complement": 0.0, "empty": 0.0, "full": 0.0}
     total = 0
-    for batch in batches:
-        batch = batch.to(model.device)
+    for batch, source in ablation_sources(model, splice, batches, cfg):
         keep = node_masks(batch.n_tokens)
-        source = ablation_values(model, splice, batch, cfg)
         for name, masks in (("circuit", keep), ("complement", _invert(keep)), ("empty", _full(keep, False))):
             sums[name] += float(ablated_metric(model, splice, batch, masks, cfg, metric, source=source).sum())
         with torch.no_grad():
@@ -272,7 +295,7 @@ def faithfulness_curve(
     batches = _as_batches(model, task, n_examples, batch_size)
     gen = torch.Generator().manual_seed(config.seed)
     points = []
-    sources = [(b.to(model.device), ablation_values(model, splice, b.to(model.device), config)) for b in batches]
+    sources = ablation_sources(model, splice, batches, config)
     total = sum(len(b) for b in batches)
 
     def mean_metric(mask_fn):
