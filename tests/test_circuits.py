@@ -11,7 +11,14 @@ from conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_mo
 
 import featurecircuits as fc
 from featurecircuits.circuit import Circuit, discover, node_id, parse_node_id
-from featurecircuits.evaluation import AblationConfig, evaluate, evaluate_masks, faithfulness_curve
+from featurecircuits.evaluation import (
+    AblationConfig,
+    ablation_sources,
+    ablation_values,
+    evaluate,
+    evaluate_masks,
+    faithfulness_curve,
+)
 from featurecircuits.splice import Splice, run
 
 GOLDEN = Path(__file__).parent / "data" / "circuit_v1.json"
@@ -122,6 +129,25 @@ def test_faithfulness_of_full_model_is_one_and_of_empty_circuit_zero(ablation):
     assert len(empty) == 0
     assert f.faithfulness == 0.0
     assert f.completeness == pytest.approx(1.0, abs=1e-4)
+
+
+def test_mean_ablation_pools_over_batches():
+    """The mean is over all evaluation examples of a length, so splitting them into batches changes nothing."""
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=6)
+    circuit = discover(model, dicts, [batch], top_k=10, edges=False)
+    whole = evaluate(model, dicts, circuit, [batch])
+    split = evaluate(model, dicts, circuit, [batch[0:2], batch[2:6]])
+    assert split.m_circuit == pytest.approx(whole.m_circuit, abs=1e-5)
+    assert split.m_empty == pytest.approx(whole.m_empty, abs=1e-5)
+    assert split.faithfulness == pytest.approx(whole.faithfulness, abs=1e-4)
+    splice = Splice(model, dicts)
+    pooled = ablation_sources(model, splice, [batch[0:2], batch[2:6]], AblationConfig())[0][1]["resid_1"]["act"]
+    assert torch.allclose(pooled, ablation_values(model, splice, batch, AblationConfig())["resid_1"]["act"],
+                          atol=1e-6)
+    alone = ablation_values(model, splice, batch[0:2], AblationConfig())["resid_1"]["act"]
+    assert not torch.allclose(pooled, alone, atol=1e-3)  # the first batch's own mean is another value
 
 
 def test_circuit_reaches_high_faithfulness_and_curve_is_recorded():
@@ -238,3 +264,21 @@ def test_edges_are_the_same_when_results_do_not_fit_in_memory(monkeypatch):
     assert kept.n_edges > 20 and set(kept.graph.edges) == set(recomputed.graph.edges)
     for u, v, w in kept.graph.edges(data="weight"):
         assert recomputed.graph.edges[u, v]["weight"] == pytest.approx(w, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.skipif(not (fc.models.ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+@pytest.mark.parametrize("task_name", ["sva-rc", "sva-simple"])
+def test_a_small_relp_circuit_is_faithful_on_agreement_in_the_organism(task_name):
+    """Issue target: ≤ 200 nodes, faithfulness ≥ 0.8 under full mean ablation (embedding and every layer,
+    errors ablated like features), evaluated on other held-out pairs than the ones it was found on."""
+    from featurecircuits.tasks import Task, make_task
+
+    model = fc.load_model("organism")
+    dicts = fc.load_dictionaries("organism", model)
+    found_on = Task(task_name, make_task(task_name, 48, seed=0))
+    checked_on = Task(task_name, make_task(task_name, 48, seed=1))
+    circuit = discover(model, dicts, found_on, method="relp", top_k=200, n_examples=48, edges=False)
+    result = evaluate(model, dicts, circuit, checked_on, n_examples=48)
+    assert len(circuit) == 200
+    assert result.faithfulness >= 0.8, result
+    assert result.completeness <= 0.2, result

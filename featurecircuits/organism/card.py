@@ -157,18 +157,21 @@ def card_markdown(info: dict) -> str:
         "",
         "## Sparse autoencoders",
         "",
-        f"dictionary_learning `AutoEncoder`, width {cfg['sae_width']}, L1 {cfg['sae_l1']}, {cfg['sae_steps']} "
-        f"steps × {cfg['sae_batch_seqs'] * cfg['seq_len']} tokens; unit-norm decoder. Fraction of variance "
-        "explained and L0 on fresh corpus text; *retention* = task logit difference with that dictionary "
-        "spliced in **without** its error term, as a fraction of the model's.",
+        f"dictionary_learning `AutoEncoder`, width {cfg['sae_width']}, {cfg['sae_steps']} steps × "
+        f"{cfg['sae_batch_seqs'] * cfg['seq_len']} tokens, per-token relative loss with the L1 coefficient "
+        "below; unit-norm decoder. Fraction of variance explained and L0 on fresh corpus text; *retention* = "
+        "task logit difference with that dictionary spliced in **without** its error term, as a fraction of "
+        "the model's.",
         "",
-        "| submodule | FVE | mean L0 | alive features | retention IOI | retention agreement (min of 4) |",
-        "|---|---|---|---|---|---|",
+        "| submodule | L1 | FVE | mean L0 | alive features | retention IOI | retention agreement (min of 4) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    l1 = dict(map(tuple, cfg.get("sae_l1_per_submodule", ())))
     for name, q in info["saes"].items():
         ret = info["retention"][name]
         sva = min(v for k, v in ret.items() if k.startswith("sva"))
-        lines.append(f"| {name} | {q['fve']:.3f} | {q['l0']:.1f} | {q['alive']:.0%} | {ret['ioi']:.2f} | {sva:.2f} |")
+        lines.append(f"| {name} | {l1.get(name, cfg['sae_l1'])} | {q['fve']:.3f} | {q['l0']:.1f} | {q['alive']:.0%} | "
+                     f"{ret['ioi']:.2f} | {sva:.2f} |")
     lines += ["", "## Targets", ""] + _targets(info)
     for tname, (tokens, grids) in info["ap"].items():
         lines += ["", f"## Activation patching: {tname}", "",
