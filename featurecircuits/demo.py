@@ -20,7 +20,7 @@ from .models import load_model
 from .plots import circuit_figure, curve_figure, write_html
 from .tasks import Task, make_task
 
-NODE_THRESHOLD = 0.04
+NODE_THRESHOLD = 0.1
 EDGE_THRESHOLD = 0.02
 
 

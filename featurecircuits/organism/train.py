@@ -62,7 +62,7 @@ class OrganismConfig:
     sae_lr: float = 1e-3
     sae_l1: float = 0.12
     # submodule → L1 coefficient where 0.12 cost too much: FVE < 0.9 (attn_0, mlp_4, mlp_5 collapsed) or
-    # IOI retention < 0.8 (attn_1, resid_1..5); values from a sweep over 0.04 / 0.07 / 0.09 / 0.12
+    # IOI retention < 0.8 (attn_1, resid_1..5); values chosen from a sweep over 0.04–0.12
     sae_l1_per_submodule: tuple[tuple[str, float], ...] = (
         ("attn_0", 0.09), ("attn_1", 0.09), ("mlp_4", 0.09), ("mlp_5", 0.09),
         ("resid_1", 0.07), ("resid_2", 0.1), ("resid_3", 0.1), ("resid_4", 0.1), ("resid_5", 0.05))
