@@ -89,6 +89,27 @@ def ap_heatmap(model: Model, task: Task, *, n: int = 32) -> tuple[list[str], dic
     return tokens, grids
 
 
+def small_circuits(model: Model, dictionaries: dict, *, n_nodes: int = 200, n: int = 48,
+                   methods: tuple[str, ...] = ("relp", "ig", "atp")) -> dict[str, dict[str, dict[str, float]]]:
+    """Per agreement variant and method: faithfulness and completeness (full mean ablation) of the top
+    ``n_nodes`` circuit, found on ``n`` held-out pairs and evaluated on ``n`` others."""
+    from ..circuit import discover
+    from ..evaluation import evaluate
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in TASK_NAMES:
+        if not name.startswith("sva"):
+            continue
+        found_on, checked_on = (Task(name, make_task(name, n, seed=seed)) for seed in (0, 1))
+        for method in methods:
+            circuit = discover(model, dictionaries, found_on, method=method, top_k=n_nodes, n_examples=n,
+                               edges=False)
+            r = evaluate(model, dictionaries, circuit, checked_on, n_examples=n)
+            out.setdefault(name, {})[method] = {"nodes": len(circuit), "faithfulness": r.faithfulness,
+                                                "completeness": r.completeness}
+    return out
+
+
 def heldout_tasks(n: int = 200, seed: int = 1) -> dict[str, Task]:
     return {name: Task(name, make_task(name, n, seed=seed)) for name in TASK_NAMES}
 
@@ -120,6 +141,10 @@ def _targets(info: dict) -> list[str]:
         label = "IOI" if task == "ioi" else "agreement"
         out.append(f"- {label} logit difference kept ≥ 80 % with each single SAE spliced without its error term: "
                    + ("met" if not bad else "missed for " + ", ".join(bad)))
+    rc = info["circuits"]["sva-rc"]["relp"]
+    out.append(f"- a {rc['nodes']}-node RelP circuit keeps ≥ 80 % of the agreement (across a relative clause) logit "
+               f"difference under mean ablation: {'met' if rc['faithfulness'] >= 0.8 else 'missed'} "
+               f"({rc['faithfulness']:.2f})")
     return out
 
 
@@ -172,6 +197,15 @@ def card_markdown(info: dict) -> str:
         sva = min(v for k, v in ret.items() if k.startswith("sva"))
         lines.append(f"| {name} | {l1.get(name, cfg['sae_l1'])} | {q['fve']:.3f} | {q['l0']:.1f} | {q['alive']:.0%} | "
                      f"{ret['ioi']:.2f} | {sva:.2f} |")
+    methods = list(next(iter(info["circuits"].values())))
+    lines += ["", "## Small circuits", "",
+              "Faithfulness (completeness) of the top-scoring circuit of a fixed size, found on 48 held-out pairs and "
+              "evaluated on 48 others, with every node outside it mean-ablated (embedding and every layer, error "
+              "terms like features).", "",
+              "| agreement variant | nodes | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, by_method in info["circuits"].items():
+        cells = [f"{r['faithfulness']:.2f} ({r['completeness']:.2f})" for r in by_method.values()]
+        lines.append(f"| {name} | {next(iter(by_method.values()))['nodes']} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", ""] + _targets(info)
     for tname, (tokens, grids) in info["ap"].items():
         lines += ["", f"## Activation patching: {tname}", "",
@@ -194,6 +228,7 @@ def measure(model: Model, dictionaries: dict, info: dict, *, n: int = 200) -> di
     out["tasks"] = {name: task_accuracy(model, t) for name, t in tasks.items()}
     out["saes"] = dictionary_quality(model, dictionaries)
     out["retention"] = reconstruction_retention(model, dictionaries, tasks)
+    out["circuits"] = small_circuits(model, dictionaries)
     out["ap"], out["ap_base"] = {}, {}
     for name in ("ioi", "sva-rc"):
         task = Task(name, [e for e in tasks[name].examples if e.get("template", "then") == "then"])
