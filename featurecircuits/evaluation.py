@@ -49,7 +49,7 @@ class Faithfulness:
     m_complement: float
     m_empty: float
     m_full: float
-    n_nodes: int
+    n_nodes: int  # circuit nodes the evaluation ablates (not those in layers given for free, nor kept errors)
     n_edges: int | None
     config: dict = field(default_factory=dict)
 
@@ -80,6 +80,11 @@ def masks_from_nodes(splice: Splice, nodes, n_tokens: int) -> Masks:
 
 def _ablatable(sub, cfg: AblationConfig) -> bool:
     return (sub.kind != "embed" or cfg.include_embed) and (sub.kind == "embed" or sub.layer >= cfg.start_layer)
+
+
+def _counted(model: Model, sub_name: str, part: str, cfg: AblationConfig) -> bool:
+    """Whether nodes of this submodule part are subject to the ablation (and so count toward circuit size)."""
+    return _ablatable(model.submodule(sub_name), cfg) and (part != "err" or cfg.errors == "ablate")
 
 
 def ablated_metric(model: Model, splice: Splice, batch: Batch, keep: Masks, cfg: AblationConfig,
@@ -184,9 +189,10 @@ def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
     splice = Splice(model, dictionaries, circuit.metadata.get("submodules"))
     batches = _as_batches(model, task, n_examples, batch_size)
     nodes = circuit.node_tuples()
+    counted = sum(_counted(model, sub, part, config) for sub, part, _, _ in nodes)
     m = evaluate_masks(model, splice, batches, lambda t: masks_from_nodes(splice, nodes, t), config, metric)
     return Faithfulness(_ratio(m["circuit"], m["empty"], m["full"]), _ratio(m["complement"], m["empty"], m["full"]),
-                        m["circuit"], m["complement"], m["empty"], m["full"], len(circuit), circuit.n_edges,
+                        m["circuit"], m["complement"], m["empty"], m["full"], counted, circuit.n_edges,
                         asdict(config))
 
 
@@ -286,7 +292,10 @@ def faithfulness_curve(
 ) -> Curve:
     """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` relative to
     each method's largest |score| by default; absolute when ``relative=False``), per method, with a
-    random circuit of the same size as baseline. Nodes are summed over positions."""
+    random circuit of the same size as baseline. Nodes are summed over positions. Only nodes that
+    ``config`` ablates take part in selection, counts and the random baseline: with ``start_layer`` or
+    ``include_embed=False`` the earlier layers (and with ``errors`` keep/remove the error terms) are the
+    same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation."""
     if thresholds is None:
         thresholds = list(np.logspace(-4, 0, 15))
     for t in thresholds:
@@ -308,8 +317,12 @@ def faithfulness_curve(
     with torch.no_grad():
         m_full = sum(float(metric(model.hf(input_ids=b.clean).logits, b).sum()) for b, _ in sources) / total
     m_empty = None
+    if not any(_ablatable(sub, config) for sub in splice.submodules):
+        raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
+                         f"include_embed={config.include_embed}; nothing to select")
     for method in methods:
-        scores = _score_tensors(model, splice, batches, method, ig_steps, metric)
+        scores = {k: v for k, v in _score_tensors(model, splice, batches, method, ig_steps, metric).items()
+                  if _counted(model, *k, config)}
         top = max(float(t.abs().max()) for t in scores.values())
         for thr in tqdm(thresholds, desc=f"curve {method}", disable=not progress):
             absolute = thr * top if relative else thr

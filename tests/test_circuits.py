@@ -162,6 +162,29 @@ def test_circuit_reaches_high_faithfulness_and_curve_is_recorded():
     assert curve.auc("relp") == curve.auc("relp")  # a number, not NaN
 
 
+def test_layers_given_for_free_are_not_counted_as_circuit_nodes():
+    """With start_layer / include_embed / errors=keep (Sparse Feature Circuits' convention) the nodes that
+    are never ablated neither count toward the size nor get picked by the curve or its random baseline."""
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=4)
+    circuit = discover(model, dicts, [batch], top_k=40, edges=False)
+    nodes = circuit.node_tuples()
+    layer = {s.name: (-1 if s.kind == "embed" else s.layer) for s in model.submodules}
+    assert evaluate(model, dicts, circuit, [batch]).n_nodes == len(circuit) == 40
+    sfc = AblationConfig(start_layer=1, include_embed=False, errors="keep")
+    late = [n for n in nodes if layer[n[0]] >= 1 and n[1] == "act"]
+    assert 0 < len(late) < 40
+    assert evaluate(model, dicts, circuit, [batch], config=sfc).n_nodes == len(late)
+    curve = faithfulness_curve(model, dicts, [batch], methods=("relp",), thresholds=[0.0], relative=False,
+                               config=sfc)
+    n_late_features = sum(dicts[s.name].dict_size for s in model.submodules if layer[s.name] >= 1)
+    assert curve.points[0].n_nodes == n_late_features  # threshold 0 keeps every counted node, no more
+    assert curve.points[0].faithfulness == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="no submodule is ablated"):
+        faithfulness_curve(model, dicts, [batch], config=AblationConfig(start_layer=9, include_embed=False))
+
+
 def test_thresholds_prune_and_are_recorded(tmp_path):
     model = tiny_model()
     dicts = random_dictionaries(model)
