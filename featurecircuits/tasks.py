@@ -104,6 +104,17 @@ def make_ioi(n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
     return out
 
 
+def sva_prefix(variant: str, subject: str, other: str = "", *, prep: str = "near", rc_verb: str = "likes") -> str:
+    """The words before the verb that must agree, from already inflected words (shared with the corpus)."""
+    if variant == "simple":
+        return f"The {subject}"
+    if variant == "pp":
+        return f"The {subject} {prep} the {other}"
+    if variant == "rc":
+        return f"The {subject} that the {other} {rc_verb}"
+    return f"The {subject} that the {other}"  # within_rc
+
+
 def sva_example(variant: str, subject: tuple[str, str], plural: bool, *, other: tuple[str, str] | None = None,
                 other_plural: bool = False, prep: str = "near", rc_verb: tuple[str, str] = ("likes", "like"),
                 main_verb: tuple[str, str] = ("is", "are")) -> dict:
@@ -111,21 +122,12 @@ def sva_example(variant: str, subject: tuple[str, str], plural: bool, *, other: 
 
     ``other`` is the attractor (pp) or the relative clause's subject (rc, within_rc).
     """
-    def noun(pair, pl):
-        return pair[1] if pl else pair[0]
-
-    def verb(pair, pl):
+    def inflect(pair, pl):  # (singular, plural) nouns and (3rd singular, plural) verbs alike
         return pair[1] if pl else pair[0]
 
     def prefix(pl: bool, other_pl: bool) -> str:
-        subj = noun(subject, pl)
-        if variant == "simple":
-            return f"The {subj}"
-        if variant == "pp":
-            return f"The {subj} {prep} the {noun(other, other_pl)}"
-        if variant == "rc":
-            return f"The {subj} that the {noun(other, other_pl)} {verb(rc_verb, other_pl)}"
-        return f"The {subj} that the {noun(other, other_pl)}"  # within_rc
+        return sva_prefix(variant, inflect(subject, pl), inflect(other, other_pl) if other else "", prep=prep,
+                          rc_verb=inflect(rc_verb, other_pl))
 
     if variant not in SVA_VARIANTS:
         raise ValueError(f"unknown agreement variant {variant!r}; valid: {', '.join(SVA_VARIANTS)}")
@@ -133,10 +135,10 @@ def sva_example(variant: str, subject: tuple[str, str], plural: bool, *, other: 
         raise ValueError(f"variant {variant!r} needs a second noun")
     if variant == "within_rc":  # the answer agrees with the relative clause's subject
         clean, patch = prefix(plural, other_plural), prefix(plural, not other_plural)
-        ans, pans = verb(rc_verb, other_plural), verb(rc_verb, not other_plural)
+        ans, pans = inflect(rc_verb, other_plural), inflect(rc_verb, not other_plural)
     else:
         clean, patch = prefix(plural, other_plural), prefix(not plural, other_plural)
-        ans, pans = verb(main_verb, plural), verb(main_verb, not plural)
+        ans, pans = inflect(main_verb, plural), inflect(main_verb, not plural)
     return {"clean_prefix": clean, "patch_prefix": patch, "clean_answer": f" {ans}",
             "patch_answer": f" {pans}", "variant": variant}
 

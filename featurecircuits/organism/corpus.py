@@ -14,6 +14,7 @@ import random
 from functools import cache
 
 from ..tasks import ORGANISM_WORDS as W
+from ..tasks import sva_prefix
 
 ADJECTIVES = ("happy", "tired", "young", "old", "late", "busy")
 CONNECTIVES = ("Then,", "When,", "After", "Later,", "")
@@ -80,13 +81,10 @@ def _sva_sentence(rng: random.Random) -> str:
     subj, other = W.nouns[si][pl], others[oi][opl]
     mv, rv = rng.choice(W.main_verbs)[pl], rng.choice(W.rc_verbs)
     adj = rng.choice(ADJECTIVES)
-    if kind == "simple":
-        return f"The {subj} {mv} {adj}."
-    if kind == "pp":
-        return f"The {subj} {rng.choice(W.preps)} the {other} {mv} {adj}."
-    if kind == "rc":
-        return f"The {subj} that the {other} {rv[opl]} {mv} {adj}."
-    return f"The {subj} {rv[pl]} the {other}."
+    if kind == "transitive":
+        return f"The {subj} {rv[pl]} the {other}."
+    prep = rng.choice(W.preps) if kind == "pp" else ""  # drawn last, as always: the corpus must not change
+    return f"{sva_prefix(kind, subj, other, prep=prep, rc_verb=rv[opl])} {mv} {adj}."
 
 
 def _filler(rng: random.Random) -> str:
