@@ -120,34 +120,33 @@ def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg
                      ) -> list[tuple[Batch, dict]]:
     """Each batch (on the model's device) with its ablation values. Means are taken per position over
     *all* the batches' patch prompts of that token length, not batch by batch, so results do not depend
-    on ``batch_size``; resampling draws from the batch's own patch prompts."""
+    on ``batch_size``; resampling draws from the batch's own patch prompts. Only what the ablation needs
+    is kept: running sums for the mean, one zero row, the permuted activations for resampling."""
     batches = [b.to(model.device) for b in batches]
-    stores = []
+    g = torch.Generator().manual_seed(cfg.seed)
+    sums: dict[int, dict] = {}
+    counts: dict[int, int] = {}
+    values = []
     for batch in batches:
         store: dict = {}
         with torch.no_grad():
             run(model, batch.patch, splice.capture_edit(store), splice.submodules)
-        stores.append(store)
-    if cfg.ablation == "mean":
-        sums: dict[int, dict] = {}
-        counts: dict[int, int] = {}
-        for batch, store in zip(batches, stores, strict=True):
+        if cfg.ablation == "mean":
             acc = sums.setdefault(batch.n_tokens, {})
-            for s, parts in store.items():
+            for sub, parts in store.items():
                 for k, v in parts.items():
-                    acc.setdefault(s, {})[k] = acc.get(s, {}).get(k, 0) + v.sum(0, keepdim=True)
+                    acc.setdefault(sub, {})[k] = acc.get(sub, {}).get(k, 0) + v.sum(0, keepdim=True)
             counts[batch.n_tokens] = counts.get(batch.n_tokens, 0) + len(batch)
-        means = {n: {s: {k: v / counts[n] for k, v in p.items()} for s, p in acc.items()} for n, acc in sums.items()}
+        elif cfg.ablation == "zero":
+            values.append({sub: {k: torch.zeros_like(v[:1]) for k, v in p.items()} for sub, p in store.items()})
+        else:
+            perm = torch.randperm(len(batch), generator=g)
+            values.append({sub: {k: v[perm] for k, v in p.items()} for sub, p in store.items()})
+    if cfg.ablation == "mean":
+        means = {n: {sub: {k: v / counts[n] for k, v in p.items()} for sub, p in acc.items()}
+                 for n, acc in sums.items()}
         return [(b, means[b.n_tokens]) for b in batches]
-    if cfg.ablation == "zero":
-        return [(b, {s: {k: torch.zeros_like(v[:1]) for k, v in p.items()} for s, p in store.items()})
-                for b, store in zip(batches, stores, strict=True)]
-    g = torch.Generator().manual_seed(cfg.seed)
-    out = []
-    for b, store in zip(batches, stores, strict=True):
-        perm = torch.randperm(len(b), generator=g)
-        out.append((b, {s: {k: v[perm] for k, v in p.items()} for s, p in store.items()}))
-    return out
+    return list(zip(batches, values, strict=True))
 
 
 def _invert(masks: Masks) -> Masks:
