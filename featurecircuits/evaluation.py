@@ -162,22 +162,32 @@ def _ratio(m_c: float, m_empty: float, m_full: float) -> float:
     return (m_c - m_empty) / denom if abs(denom) > 1e-12 else float("nan")
 
 
+def _mean_metric(model: Model, splice: Splice, sources: Sequence[tuple[Batch, dict]], cfg: AblationConfig,
+                 metric: Metric, node_masks=None) -> float:
+    """The metric averaged over every example of ``sources`` with the nodes outside ``node_masks(n_tokens)``
+    ablated, or of the model itself when ``node_masks`` is None."""
+    total, n = 0.0, 0
+    for batch, source in sources:
+        if node_masks is None:
+            with torch.no_grad():
+                values = metric(model.hf(input_ids=batch.clean).logits, batch)
+        else:
+            values = ablated_metric(model, splice, batch, node_masks(batch.n_tokens), cfg, metric, source=source)
+        total += float(values.sum())
+        n += len(batch)
+    return total / n
+
+
 def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_masks, cfg: AblationConfig,
                    metric: Metric = logit_diff) -> dict[str, float]:
     """Mean metric over all examples for the circuit, its complement, the empty circuit and the model.
 
     ``node_masks(n_tokens)`` returns the circuit's masks for prompts of that length.
     """
-    sums = {"circuit": 0.0, "complement": 0.0, "empty": 0.0, "full": 0.0}
-    total = 0
-    for batch, source in ablation_sources(model, splice, batches, cfg):
-        keep = node_masks(batch.n_tokens)
-        for name, masks in (("circuit", keep), ("complement", _invert(keep)), ("empty", _full(keep, False))):
-            sums[name] += float(ablated_metric(model, splice, batch, masks, cfg, metric, source=source).sum())
-        with torch.no_grad():
-            sums["full"] += float(metric(model.hf(input_ids=batch.clean).logits, batch).sum())
-        total += len(batch)
-    return {k: v / total for k, v in sums.items()}
+    sources = ablation_sources(model, splice, batches, cfg)
+    return {name: _mean_metric(model, splice, sources, cfg, metric, fn) for name, fn in (
+        ("circuit", node_masks), ("complement", lambda n: _invert(node_masks(n))),
+        ("empty", lambda n: _full(node_masks(n), False)), ("full", None))}
 
 
 def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
@@ -300,6 +310,9 @@ def faithfulness_curve(
     for t in thresholds:
         _check_threshold("threshold", t)
     splice = Splice(model, dictionaries)
+    if not any(_ablatable(sub, config) for sub in splice.submodules):
+        raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
+                         f"include_embed={config.include_embed}; nothing to select")
     batches = _as_batches(model, task, n_examples, batch_size)
     gen = torch.Generator().manual_seed(config.seed)
     points = []
@@ -307,18 +320,10 @@ def faithfulness_curve(
     total = sum(len(b) for b in batches)
 
     def mean_metric(mask_fn):
-        s = 0.0
-        for batch, source in sources:
-            s += float(ablated_metric(model, splice, batch, mask_fn(batch.n_tokens), config, metric,
-                                      source=source).sum())
-        return s / total
+        return _mean_metric(model, splice, sources, config, metric, mask_fn)
 
-    with torch.no_grad():
-        m_full = sum(float(metric(model.hf(input_ids=b.clean).logits, b).sum()) for b, _ in sources) / total
+    m_full = mean_metric(None)
     m_empty = None
-    if not any(_ablatable(sub, config) for sub in splice.submodules):
-        raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
-                         f"include_embed={config.include_embed}; nothing to select")
     for method in methods:
         scores = {k: v for k, v in _score_tensors(model, splice, batches, method, ig_steps, metric).items()
                   if _counted(model, *k, config)}
