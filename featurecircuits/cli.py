@@ -91,7 +91,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_curve(args) -> int:
     import json
-    from dataclasses import asdict
 
     from .evaluation import faithfulness_curve
     from .fileio import atomic_write_text
@@ -106,7 +105,7 @@ def cmd_curve(args) -> int:
     rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
              "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
     print(_table(rows, list(rows[0])))
-    atomic_write_text(args.out, json.dumps({"points": [asdict(p) for p in curve.points], **curve.config}, indent=1))
+    atomic_write_text(args.out, json.dumps(curve.to_dict(), indent=1))
     if args.html:
         write_html(curve_figure(curve), args.html)
     return 0

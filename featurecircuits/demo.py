@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from .circuit import discover
@@ -54,8 +53,7 @@ def run_demo(out: str | Path = "out/demo", *, n_examples: int = 48) -> int:
                          seconds))
     curve = faithfulness_curve(model, dicts, tasks["sva-rc"], methods=("relp", "ig", "atp"),
                                n_examples=n_examples, progress=True)
-    atomic_write_text(out / "sva-rc_curve.json",
-                      json.dumps({"points": [asdict(p) for p in curve.points], **curve.config}, indent=1))
+    atomic_write_text(out / "sva-rc_curve.json", json.dumps(curve.to_dict(), indent=1))
     write_html(curve_figure(curve, title="Agreement across a relative clause: faithfulness vs nodes"),
                out / "sva-rc_curve.html")
     print(f"\nCircuits in the organism (node threshold {NODE_THRESHOLD}, edge threshold {EDGE_THRESHOLD}, "

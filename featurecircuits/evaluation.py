@@ -227,6 +227,10 @@ class Curve:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(p.method for p in self.points))
 
+    def to_dict(self) -> dict:
+        """The points and the settings they were measured with (what ``curve --out`` writes)."""
+        return {"points": [asdict(p) for p in self.points], **self.config}
+
     def series(self, method: str) -> list[CurvePoint]:
         return sorted((p for p in self.points if p.method == method), key=lambda p: p.n_nodes)
 

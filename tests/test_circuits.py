@@ -160,6 +160,9 @@ def test_circuit_reaches_high_faithfulness_and_curve_is_recorded():
     assert relp[-1].faithfulness == pytest.approx(1.0, abs=0.05)  # nearly every node kept
     assert all(p.random_faithfulness is not None for p in relp)
     assert curve.auc("relp") == curve.auc("relp")  # a number, not NaN
+    saved = json.loads(json.dumps(curve.to_dict()))  # what `curve --out` and the demo write
+    assert [p["n_nodes"] for p in saved["points"]] == [p.n_nodes for p in curve.points]
+    assert saved["ablation"]["ablation"] == "mean" and saved["thresholds"] == [1e-4, 1e-2, 1.0]
 
 
 def test_layers_given_for_free_are_not_counted_as_circuit_nodes():
