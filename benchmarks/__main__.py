@@ -80,16 +80,15 @@ def run_setting(name, model, dicts, batch, methods, repeats, rows):
 
 
 def top_nodes(res, k: int):
-    """The k nodes with the largest |score| summed over examples and positions."""
+    """The k nodes with the largest |score| summed over examples and positions (as ``discover`` ranks)."""
+    from featurecircuits.circuit import _node_scores
+
     flat = []
-    for sub in res.submodules:
-        s = res.scores[sub].sum((0, 1))
+    for (sub, part), s in _node_scores(res, "sum").items():
         if s.ndim:
-            flat += [((sub, "act", int(i), None), float(v)) for i, v in enumerate(s) if v != 0]
+            flat += [((sub, part, int(i), None), float(v)) for i, v in enumerate(s) if v != 0]
         else:
-            flat.append(((sub, "act", None, None), float(s)))
-        if sub in res.error_scores:
-            flat.append(((sub, "err", None, None), float(res.error_scores[sub].sum())))
+            flat.append(((sub, part, None, None), float(s)))
     flat.sort(key=lambda x: -abs(x[1]))
     return [n for n, _ in flat[:k]]
 
