@@ -12,7 +12,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .circuit import METRIC_NODE, Circuit
+from .circuit import METRIC_NODE, Circuit, parse_node_id
 from .fileio import atomic_write_text
 
 KIND_COLUMNS = {"embed": 1, "attn": 0, "mlp": 2, "resid": 1}  # within a layer row: attn | resid | mlp
@@ -31,7 +31,7 @@ def _layout_positions(circuit: Circuit) -> dict[str, tuple[float, float]]:
     n_layers = circuit.metadata.get("n_layers", 0)
     for n in circuit.nodes:
         a = circuit.graph.nodes[n]
-        sub = a.get("submodule") or n.split("/")[0].split("@")[0]
+        sub = a.get("submodule") or parse_node_id(n)[0]
         kind = sub.split("_")[0]
         layer = a.get("layer", -1) if a.get("layer") is not None else -1
         row = layer + 1 + (0.33 if kind == "attn" else 0.66 if kind == "mlp" else 0.0) if kind != "resid" else layer + 1
