@@ -1,5 +1,15 @@
 """`python -m benchmarks`: median wall time and peak RSS of AP, AtP, RelP and IG, as ratios to a plain
-fwd + fwd + bwd of the unspliced model measured in the same run."""
+fwd + fwd + bwd of the unspliced model measured in the same run, and, for feature-level rows, to the
+*floor*: that plain pass plus one dense encode of every dictionary on both runs' activations, the work
+any method that reads every feature cannot avoid.
+
+The results file (``--out``, default ``benchmarks/results.json``) is one JSON object:
+``{"rows": [row, ...], "settings": {name: {"mean_l0": {submodule: features per token}, ...}}}``. Each
+row has ``setting, level, method, seconds, ratio`` (to the plain pass; edge rows: to RelP node scoring),
+``ratio_floor`` (feature-level rows and the floor itself; null elsewhere) and ``peak_rss_gib``. Each
+setting records the mean L0 of its dictionaries per submodule, measured on the benchmark batch (clean
+and patch runs), with the batch shape and, for the Pythia-70M setting, the calibration target.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +61,18 @@ def plain_fwd_fwd_bwd(model: fc.Model, batch: fc.Batch) -> None:
     torch.autograd.grad(m.sum(), emb)
 
 
+def floor_fwd_fwd_bwd_encode(model: fc.Model, dicts: dict, batch: fc.Batch) -> None:
+    """The floor: the plain pass, plus one dense encode of every dictionary on each run's activations
+    (encoded as they are produced and dropped, so the floor holds no feature tensor)."""
+
+    def encode(sub, x):
+        with torch.no_grad():
+            dicts[sub.name].encode(x)
+
+    with settings.recording(model, model.select(list(dicts)), encode):
+        plain_fwd_fwd_bwd(model, batch)
+
+
 def timeit(fn, repeats: int) -> tuple[float, int]:
     fn()  # warm-up
     times, peak = [], 0
@@ -63,34 +85,37 @@ def timeit(fn, repeats: int) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
-def run_setting(name, model, dicts, batch, methods, repeats, rows):
+def _row(name, level, method, secs, rss, ratio, ratio_floor=None) -> dict:
+    return {"setting": name, "level": level, "method": method, "seconds": secs, "ratio": ratio,
+            "ratio_floor": ratio_floor, "peak_rss_gib": rss / 2**30}
+
+
+def run_setting(name, model, dicts, batch, methods, repeats, rows, levels=("component", "feature")):
     base, base_rss = timeit(lambda: plain_fwd_fwd_bwd(model, batch), repeats)
-    rows.append({"setting": name, "level": "-", "method": "plain fwd+fwd+bwd", "seconds": base, "ratio": 1.0,
-                 "peak_rss_gib": base_rss / 2**30})
-    for level in ("component", "feature"):
+    rows.append(_row(name, "-", "plain fwd+fwd+bwd", base, base_rss, 1.0))
+    print(_fmt(rows[-1]), flush=True)
+    floor = None
+    if "feature" in levels:
+        floor, floor_rss = timeit(lambda: floor_fwd_fwd_bwd_encode(model, dicts, batch), repeats)
+        rows.append(_row(name, "-", "floor: plain + dense encodes", floor, floor_rss, floor / base, 1.0))
+        print(_fmt(rows[-1]), flush=True)
+    for level in levels:
         for method in methods:
             if level == "feature" and method == "ap":
                 continue  # one forward per feature: see the component level for AP's cost
             kw = {"dictionaries": dicts} if level == "feature" else {}
             secs, rss = timeit(lambda m=method, kw=kw: fc.attribute(model, batch, method=m, **kw),
                                1 if method in ("ap", "ig") else repeats)
-            rows.append({"setting": name, "level": level, "method": method, "seconds": secs,
-                         "ratio": secs / base, "peak_rss_gib": rss / 2**30})
+            rows.append(_row(name, level, method, secs, rss, secs / base,
+                             secs / floor if level == "feature" else None))
             print(_fmt(rows[-1]), flush=True)
 
 
 def top_nodes(res, k: int):
     """The k nodes with the largest |score| summed over examples and positions (as ``discover`` ranks)."""
-    from featurecircuits.circuit import _node_scores
+    from featurecircuits.scoring import top_nodes as top
 
-    flat = []
-    for (sub, part), s in _node_scores(res, "sum").items():
-        if s.ndim:
-            flat += [((sub, part, int(i), None), float(v)) for i, v in enumerate(s) if v != 0]
-        else:
-            flat.append(((sub, part, None, None), float(s)))
-    flat.sort(key=lambda x: -abs(x[1]))
-    return [n for n, _ in flat[:k]]
+    return top(res, k)
 
 
 def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
@@ -104,8 +129,7 @@ def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
     for k in sizes:
         nodes = top_nodes(res, k)
         secs, rss = timeit(lambda n=nodes: score_edges(model, splice, batch, res, n), 1)
-        rows.append({"setting": name, "level": "feature", "method": f"edges, {len(nodes)} nodes",
-                     "seconds": secs, "ratio": secs / node_secs, "peak_rss_gib": rss / 2**30})
+        rows.append(_row(name, "feature", f"edges, {len(nodes)} nodes", secs, rss, secs / node_secs))
         print(_fmt(rows[-1]) + "   (ratio to RelP node scoring)", flush=True)
 
 
@@ -116,49 +140,78 @@ def run_demo(rows):
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "featurecircuits", "demo", "--out", "out/bench-demo"], check=True,
                    capture_output=True)
-    rows.append({"setting": "organism", "level": "-", "method": "make demo (end to end)",
-                 "seconds": time.perf_counter() - start, "ratio": float("nan"), "peak_rss_gib": float("nan")})
+    rows.append(_row("organism", "-", "make demo (end to end)", time.perf_counter() - start, float("nan"),
+                     float("nan")))
     print(_fmt(rows[-1]), flush=True)
 
 
-COLUMNS = ("setting", "level", "method", "seconds", "ratio", "peak_rss_gib")
+COLUMNS = ("setting", "level", "method", "seconds", "ratio", "ratio_floor", "peak_rss_gib")
 
 
 def _fmt(row) -> str:
-    return "  ".join(f"{row[c]:.3f}".rjust(10) if isinstance(row[c], float) else str(row[c]).ljust(18)
-                     for c in COLUMNS)
+    def cell(c):
+        v = row[c]
+        if isinstance(v, float):
+            return f"{v:.3f}".rjust(11)
+        if COLUMNS.index(c) >= 3:
+            return ("-" if v is None else str(v)).rjust(11)
+        return str(v).ljust(28 if c == "method" else 10)
+
+    return "  ".join(cell(c) for c in COLUMNS)
+
+
+def _header() -> str:
+    return "  ".join(c.ljust(28 if c == "method" else 10) if i < 3 else c.rjust(11) for i, c in enumerate(COLUMNS))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="organism,pythia70m")
     parser.add_argument("--methods", default="atp,relp,ig,ap")
+    parser.add_argument("--levels", default="component,feature")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--width", type=int, default=32768, help="dictionary width of the Pythia-70M setting")
+    parser.add_argument("--target-l0", type=float, default=settings.TARGET_L0,
+                        help="features per token the Pythia-70M setting's random dictionaries are calibrated "
+                             "to (0: uncalibrated, one encoder bias of -0.02)")
     parser.add_argument("--no-edges", action="store_true", help="skip edge scoring")
     parser.add_argument("--demo", action="store_true", help="also time the full demo")
     parser.add_argument("--out", default="benchmarks/results.json")
     args = parser.parse_args(argv)
+    methods, levels, names = args.methods.split(","), args.levels.split(","), args.settings.split(",")
+    for what, values, valid in (("method", methods, list(fc.METHODS)), ("level", levels, ["component", "feature"]),
+                                ("setting", names, ["organism", "pythia70m"])):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            parser.error(f"unknown {what} {', '.join(bad)}; valid: {', '.join(valid)}")
+    if args.repeats < 1 or args.pairs < 1 or args.tokens < 1:
+        parser.error("--repeats, --pairs and --tokens must be positive")
     torch.manual_seed(0)
     rows: list[dict] = []
-    methods = args.methods.split(",")
-    print("  ".join(c.ljust(18) if i < 3 else c.rjust(10) for i, c in enumerate(COLUMNS)))
-    for name in args.settings.split(","):
+    recorded: dict[str, dict] = {}
+    print(_header())
+    for name in names:
         if name == "organism":
             model, dicts, batch = settings.organism(args.pairs)
-        elif name == "pythia70m":
-            model, dicts, batch = settings.pythia70m_shaped(args.width, args.pairs, args.tokens)
+            recorded[name] = {"dictionaries": "organism (trained)"}
         else:
-            raise SystemExit(f"unknown setting {name!r}; valid: organism, pythia70m")
-        run_setting(name, model, dicts, batch, methods, args.repeats, rows)
-        if not args.no_edges:
+            target = args.target_l0 or None
+            model, dicts, batch = settings.pythia70m_shaped(args.width, args.pairs, args.tokens, target_l0=target)
+            recorded[name] = {"dictionaries": f"random AutoEncoder, width {args.width}",
+                              "target_l0": target}
+        l0 = settings.mean_l0(model, dicts, batch)
+        recorded[name].update(pairs=len(batch), tokens=batch.n_tokens, mean_l0=l0)
+        print(f"# {name}: mean L0 per token " + ", ".join(f"{k} {v:.1f}" for k, v in l0.items()), flush=True)
+        run_setting(name, model, dicts, batch, methods, args.repeats, rows, levels)
+        if not args.no_edges and "feature" in levels:
             run_edges(name, model, dicts, batch, rows)
         del model, dicts
     if args.demo:
         run_demo(rows)
-    fc.fileio.atomic_write_text(args.out, json.dumps(rows, indent=1))
+    fc.fileio.atomic_write_text(args.out, json.dumps({"rows": rows, "settings": recorded}, indent=1))
     print(f"\n{len(rows)} rows written to {args.out}")
     return 0
 

@@ -1,10 +1,13 @@
-"""The benchmark entry point runs and writes its table (timings are reported, never asserted)."""
+"""The benchmark entry point runs and writes its table (timings are reported, never asserted), and the
+calibrated random dictionaries of the Pythia-shaped setting fire a realistic number of features."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
+from conftest import random_batch, tiny_model
 
 from featurecircuits.models import ORGANISM_DIR
 
@@ -15,9 +18,64 @@ def test_benchmark_table_on_the_organism(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     assert main(["--settings", "organism", "--methods", "atp,relp", "--repeats", "1", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     methods = [(r["level"], r["method"]) for r in rows]
     assert ("-", "plain fwd+fwd+bwd") in methods and ("feature", "relp") in methods
+    assert ("-", "floor: plain + dense encodes") in methods
     assert ("feature", "edges, 100 nodes") in methods
     assert all(r["seconds"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
-    assert "peak_rss_gib" in capsys.readouterr().out
+    floor = next(r for r in rows if r["method"].startswith("floor"))
+    for r in rows:
+        if r["level"] == "feature" and r["method"] in ("atp", "relp"):
+            assert r["ratio_floor"] == pytest.approx(r["seconds"] / floor["seconds"])
+        if r["level"] == "component":
+            assert r["ratio_floor"] is None
+    l0 = result["settings"]["organism"]["mean_l0"]
+    assert set(l0) == {"embed"} | {f"{k}_{l}" for k in ("attn", "mlp", "resid") for l in range(6)}
+    assert all(v > 0 for v in l0.values())
+    assert "ratio_floor" in capsys.readouterr().out
+
+
+def test_calibration_hits_the_target_l0():
+    from dictionary_learning import AutoEncoder
+
+    from benchmarks import settings
+
+    model = tiny_model("gpt_neox")
+    width, target = 256, 8.0
+    torch.manual_seed(0)
+    dicts = {s.name: AutoEncoder(model.d_model, width).requires_grad_(False) for s in model.submodules}
+    cal = random_batch(50, 16, seed=5)
+    acts = settings.activations(model, cal.clean, model.submodules)
+    for name, ae in dicts.items():
+        settings.calibrate(ae, acts[name], target)
+    # on the calibration tokens the count is k · width / rows features per token, up to ties (the tiny
+    # vocabulary repeats tokens, so some activation rows repeat)
+    k = round(target * 50 * 16 / width)
+    for name, ae in dicts.items():
+        l0 = float((ae.encode(acts[name]) > 0).sum(-1).float().mean())
+        assert abs(l0 - k * width / (50 * 16)) < 0.25 * target, name
+    # on other tokens it stays near the target at every submodule (none dead, none dense)
+    l0 = settings.mean_l0(model, dicts, random_batch(20, 16, seed=9))
+    assert all(0.4 * target < v < 2.5 * target for v in l0.values()), l0
+
+
+def test_encoder_helpers_know_both_layouts():
+    from benchmarks import settings
+
+    class WEnc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W_enc = torch.nn.Parameter(torch.randn(4, 6))
+            self.b_enc = torch.nn.Parameter(torch.randn(6))
+
+    d = WEnc()
+    x = torch.randn(3, 4)
+    assert settings.encoder_bias(d) is d.b_enc
+    torch.testing.assert_close(settings.preactivations(d, x), x @ d.W_enc + d.b_enc)
+    d.W_enc = torch.nn.Parameter(torch.randn(6, 4))  # nn.Linear layout (width, d_in), with b_pre
+    d.b_pre = torch.randn(4)
+    torch.testing.assert_close(settings.preactivations(d, x), (x - d.b_pre) @ d.W_enc.T + d.b_enc)
+    with pytest.raises(TypeError, match="neither encoder.bias nor b_enc"):
+        settings.encoder_bias(torch.nn.Identity())
