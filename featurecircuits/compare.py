@@ -129,15 +129,21 @@ def comparison_figure(comp: Comparison):
         for c, m in enumerate(methods, 1):
             fig.add_trace(go.Heatmap(z=grids[m].tolist(), zmin=-scale, zmax=scale, colorscale="RdBu_r",
                                      showscale=(c == 1 and r == 1), x=ticktext or None,
+                                     colorbar={"title": {"text": "score"}, "len": 0.3, "y": 0.85, "thickness": 12},
                                      hovertemplate="layer %{y}, token %{x}: %{z:.3f}<extra></extra>"),
                           row=r, col=c)
+            fig.update_yaxes(title_text="layer" if c == 1 else None, row=r, col=c)
         for m in comp.methods:
             ap, est = pooled_cells(comp.grids, "ap", kind), pooled_cells(comp.grids, m, kind)
             fig.add_trace(go.Scatter(x=ap.tolist(), y=est.tolist(), mode="markers", marker={"size": 5},
                                      marker_color=palette.get(m, "#555"),
                                      name=f"{m} (r={comp.pcc[m][kind]:.3f})", legendgroup=m,
                                      showlegend=(r == 1)), row=r, col=cols)
+        fig.update_xaxes(title_text=f"AP score ({kind})", row=r, col=cols)
+        fig.update_yaxes(title_text="method's estimate", row=r, col=cols)
     fig.update_layout(title=html.escape(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: "
                                         "component-level attribution vs activation patching"),
-                      template="plotly_white", height=330 * len(KINDS), width=330 * cols)
+                      template="plotly_white", height=330 * len(KINDS) + 60, width=330 * cols + 80,
+                      legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": -0.06, "yanchor": "top"},
+                      margin={"b": 90})
     return fig

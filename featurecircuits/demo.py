@@ -1,8 +1,9 @@
 """The default demo (``make demo``): circuits in the organism, offline, in about a minute.
 
 Discovers agreement (across a relative clause) and IOI circuits with RelP, and agreement circuits with IG
-(N=10) and AtP at the same threshold for comparison; writes each circuit as JSON and interactive HTML,
-a faithfulness-vs-size curve for RelP, IG and AtP, and prints a summary table.
+(N=10) and AtP at the same threshold for comparison; writes each circuit as JSON, a faithfulness-vs-size
+curve for RelP, IG and AtP, one interactive page (``circuits.html``: every circuit on one colour scale and
+the curve, one tab each, plotly.js inlined once), and prints a summary table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .dictionaries import load_dictionaries
 from .evaluation import evaluate, faithfulness_curve
 from .fileio import atomic_write_text
 from .models import load_model
-from .plots import circuit_figure, curve_figure, write_html
+from .plots import circuits_page
 from .tasks import Task, make_task
 
 NODE_THRESHOLD = 0.1
@@ -38,6 +39,7 @@ def run_demo(out: str | Path = "out/demo", *, n_examples: int = 48) -> int:
     model = load_model("organism")
     dicts = load_dictionaries("organism", model)
     rows = []
+    circuits = {}
     plan = [("sva-rc", "relp"), ("sva-rc", "ig"), ("sva-rc", "atp"), ("ioi", "relp")]
     tasks = {name: Task(name, make_task(name, n_examples, seed=0)) for name in ("sva-rc", "ioi")}
     for task_name, method in plan:
@@ -47,19 +49,21 @@ def run_demo(out: str | Path = "out/demo", *, n_examples: int = 48) -> int:
                            edge_threshold=EDGE_THRESHOLD, n_examples=n_examples, progress=True)
         seconds = time.perf_counter() - start
         stem = f"{task_name}_{method}"
+        circuit.metadata.setdefault("task", {"name": task_name, "n": n_examples, "seed": 0, "words": "organism"})
         circuit.to_json(out / f"{stem}.json")
-        write_html(circuit_figure(circuit), out / f"{stem}.html")
+        circuits[f"{task_name} · {method}"] = circuit
         rows.append(_row(task_name, method, circuit, evaluate(model, dicts, circuit, task, n_examples=n_examples),
                          seconds))
     curve = faithfulness_curve(model, dicts, tasks["sva-rc"], methods=("relp", "ig", "atp"),
                                n_examples=n_examples, progress=True)
     atomic_write_text(out / "sva-rc_curve.json", json.dumps(curve.to_dict(), indent=1))
-    write_html(curve_figure(curve, title="Agreement across a relative clause: faithfulness vs nodes"),
-               out / "sva-rc_curve.html")
+    page = circuits_page(circuits, out / "circuits.html", title="Circuits in the organism (featurecircuits demo)",
+                         curves={"sva-rc · faithfulness vs nodes": curve})
     print(f"\nCircuits in the organism (node threshold {NODE_THRESHOLD}, edge threshold {EDGE_THRESHOLD}, "
           f"{n_examples} held-out pairs, mean ablation):\n")
     print(_table(rows, list(rows[0])))
     print("\nFaithfulness-vs-size curve (area under faithfulness over log10 nodes):")
     print(_table([{"method": m, "AUC": f"{curve.auc(m):.3f}"} for m in curve.methods()], ["method", "AUC"]))
-    print(f"\nwrote {len(list(out.iterdir()))} files to {out}/ in {time.perf_counter() - start_all:.0f} s")
+    print(f"\nwrote {len(list(out.iterdir()))} files to {out}/ in {time.perf_counter() - start_all:.0f} s; "
+          f"open {page} in a browser (works offline)")
     return 0

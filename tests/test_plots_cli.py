@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import random_batch, random_dictionaries, tiny_model
@@ -11,7 +12,30 @@ from featurecircuits.circuit import METRIC_NODE, Circuit, discover
 from featurecircuits.cli import main
 from featurecircuits.evaluation import faithfulness_curve
 from featurecircuits.models import ORGANISM_DIR
-from featurecircuits.plots import circuit_figure, curve_figure, write_html
+from featurecircuits.plots import circuit_figure, circuits_page, curve_figure, submodule_rows, write_html
+
+_SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S | re.I)
+
+
+def assert_offline(text: str) -> None:
+    """No script is loaded from the network, and plotly.js itself is inlined, exactly once."""
+    scripts = _SCRIPT.findall(text)
+    for attrs, _ in scripts:
+        src = re.search(r"\bsrc\s*=\s*[\"']?([^\"'\s>]+)", attrs, re.I)
+        assert src is None or not re.match(r"(?i)(https?:)?//", src.group(1)), f"network script: {src.group(1)}"
+    inline = [body for attrs, body in scripts if "src" not in attrs.lower()]
+    plotly = [b for b in inline if len(b) > 1_000_000 and "plotly.js v" in b[:500] and "Plotly" in b]
+    assert len(plotly) == 1, "plotly.js must be inlined exactly once"
+    assert text.count("* plotly.js v") == 1
+
+
+def test_assert_offline_rejects_a_cdn_page(tmp_path):
+    fig = curve_figure.__globals__["go"].Figure()
+    cdn = fig.to_html(include_plotlyjs="cdn", full_html=True)
+    with pytest.raises(AssertionError):
+        assert_offline(cdn)
+    with pytest.raises(AssertionError):
+        assert_offline(cdn.replace('src="https://', 'src="//'))
 
 
 def _circuit():
@@ -24,15 +48,14 @@ def test_graph_has_one_marker_per_node_and_escapes_strings(tmp_path):
     node = c.nodes[0]
     c.graph.nodes[node]["top_contexts"] = ["<script>alert(1)</script> [tok]"]
     fig = circuit_figure(c, title="<b>user title</b>")
-    markers = [t for t in fig.data if t.mode == "markers"]
+    markers = [t for t in fig.data if t.name == "nodes"]
     assert len(markers) == 1 and len(markers[0].x) == len(c) + 1  # + the metric node
     assert set(markers[0].customdata) == set(c.nodes) | {METRIC_NODE}
     path = write_html(fig, tmp_path / "c.html")
     text = path.read_text()
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;" in text
     assert "&lt;b&gt;user title&lt;" in text and "<b>user title" not in text
-    assert "plotly.js v" in text or "Plotly" in text  # plotly.js embedded: no network needed
-    assert '<script src="http' not in text and "<script src='http" not in text
+    assert_offline(text)
 
 
 def test_curve_figure_has_a_line_per_method():
