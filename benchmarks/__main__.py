@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results.json")
     args = parser.parse_args(argv)
     methods, levels, names = args.methods.split(","), args.levels.split(","), args.settings.split(",")
-    for what, values, valid in (("method", methods, list(fc.METHODS)), ("level", levels, ["component", "feature"]),
+    for what, values, valid in (("method", methods, ["ap", "atp", "relp", "ig"]),
+                                ("level", levels, ["component", "feature"]),
                                 ("setting", names, ["organism", "pythia70m"])):
         bad = [v for v in values if v not in valid]
         if bad:

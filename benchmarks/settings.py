@@ -124,6 +124,16 @@ def mean_l0(model: fc.Model, dicts: dict[str, nn.Module], batch: fc.Batch) -> di
     return {name: sum(v) / len(v) for name, v in counts.items()}
 
 
+def as_featurecircuits_dictionary(ae: nn.Module) -> nn.Module:
+    """The dictionary_learning object converted to featurecircuits' own Dictionary class, where this
+    version of featurecircuits has one (same arithmetic); otherwise unchanged."""
+    try:
+        from featurecircuits.dictionaries.dictionary_learning import convert
+    except ImportError:
+        return ae
+    return convert(ae)
+
+
 # --------------------------------------------------------------------------------------------------
 # settings
 
@@ -150,6 +160,7 @@ def pythia70m_shaped(width: int = 32768, n: int = 10, t: int = 16, seed: int = 0
         for name, ae in dicts.items():
             calibrate(ae, acts[name], target_l0)
         del acts
+    dicts = {name: as_featurecircuits_dictionary(ae) for name, ae in dicts.items()}
     return model, dicts, random_batch(PYTHIA_70M["vocab_size"], n, t, seed)
 
 

@@ -199,6 +199,39 @@ def cmd_organism_card(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    import json
+    import re
+
+    from .plan import dictionary_widths, plan
+
+    if args.dictionaries and args.width:
+        raise ValueError("give --dictionaries (widths read from their config.json files) or --width, not both")
+    widths = None
+    if args.dictionaries:
+        widths = dictionary_widths(args.dictionaries)
+    elif args.width:
+        if args.width < 1:
+            raise ValueError(f"--width must be positive, got {args.width}")
+        widths = args.width
+    if widths is not None and args.submodules:
+        names = [n.strip() for n in args.submodules.split(",") if n.strip()]
+        if isinstance(widths, int):
+            widths = dict.fromkeys(names, widths)
+        else:
+            unknown = [n for n in names if n not in widths]
+            if unknown:
+                raise ValueError(f"no dictionary for {', '.join(unknown)}; found: {', '.join(widths)}")
+            widths = {n: widths[n] for n in names}
+    if isinstance(widths, dict):
+        odd = [n for n in widths if not re.fullmatch(r"embed|(attn|mlp|resid)_\d+", n)]
+        if odd:
+            raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, attn_L, mlp_L, resid_L)")
+    p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype)
+    print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
+    return 0
+
+
 def _organism_dirs(args):
     from .models import ORGANISM_DIR, REPO_ROOT
 
@@ -286,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--edge-threshold", type=float)
     plot.add_argument("--top-k", type=int)
     plot.set_defaults(func=cmd_plot)
+
+    pl = sub.add_parser("plan", help="estimate peak memory from shapes alone (no weights loaded)")
+    pl.add_argument("--model", required=True,
+                    help="a hub id, a local model folder, a config.json file, or 'organism' (config only)")
+    pl.add_argument("--dictionaries", help="dictionary root: widths come from its config.json files")
+    pl.add_argument("--width", type=int, help="one dictionary width for every submodule (instead of --dictionaries)")
+    pl.add_argument("--submodules", help="comma-separated submodules with dictionaries (default: all)")
+    pl.add_argument("--batch", type=int, required=True, help="prompt pairs per attribution call")
+    pl.add_argument("--tokens", type=int, required=True, help="tokens per prompt")
+    pl.add_argument("--method", choices=["atp", "relp"], default="relp")
+    pl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
 
     from .tasks import TASK_NAMES, WORD_LISTS
 

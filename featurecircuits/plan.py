@@ -1,0 +1,285 @@
+"""Estimate the peak memory of an attribution run from shapes alone, before loading any weight.
+
+:func:`plan` counts what the AtP/RelP path holds at its two high points, for ``batch`` prompt pairs of
+``tokens`` tokens:
+
+- ``parameters``: the model's weights (counted exactly by building the model on the meta device);
+- ``dictionaries``: each dictionary's encoder and decoder (2 · d_in · width + width + d_in elements);
+- ``features``: dense (batch, tokens, width) feature tensors, in as many copies as the code keeps. The
+  gradient path keeps five per submodule at the end: the source run's features, the base run's features
+  (the autograd leaves), their gradients or LRP coefficients, the deltas, and the per-feature scores;
+  during the backward pass it holds the first two;
+- ``errors``: the same copies of the (batch, tokens, d_in) error terms;
+- ``activations``: what the model's own forward saves for the backward pass (per layer and token: a
+  family-specific number of d_model-, d_ff- and head-sized vectors plus the attention pattern; counted
+  with autograd's saved-tensor hooks on tiny models of each family, with and without the LRP rules);
+- ``logits``: (batch, tokens, vocab) tensors: the source run's and the base run's logits are kept to the
+  end; during the backward pass the softcap's saved output (Gemma-2) and the logit gradients add more;
+- ``transient``: the largest short-lived tensors while features are made (an encoder's pre-activation
+  and its ReLU output for one submodule).
+
+The estimate is the larger of the two phases ("backward" and "scores"); :class:`Plan` keeps the
+breakdown of that phase (which adds up to ``total``) and both phase totals. It excludes the runtime
+itself (Python, torch, libraries: a few hundred MB of resident memory before any model is loaded).
+Validated against measured peak RSS (minus the process's resident memory before the model was built)
+by ``python -m benchmarks.plan_check``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PLANNED_METHODS = ("atp", "relp")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Saved-for-backward elements per token and layer, by family and method:
+# (per d_model, per d_ff, per attention-pattern entry H·T, per query/key/value width H·head_dim).
+# Counted with torch.autograd.graph.saved_tensors_hooks on 1- and 2-layer random models of each family
+# (eager attention), varying one dimension at a time; the LRP rules save the extra factors they detach.
+_SAVED: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "gpt_neox": {"atp": (7, 2, 1, 0), "relp": (11, 4, 3, 0)},
+    "gpt2": {"atp": (7, 2, 1, 0), "relp": (11, 4, 3, 0)},
+    "gated": {"atp": (10, 4, 2, 4), "relp": (12, 5, 3.5, 5)},  # llama, qwen2, gemma2, gemma3
+}
+_COPIES = {"scores": 5, "backward": 2}  # dense feature/error copies held in each phase (see the docstring)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shapes the estimate needs, read from a model config."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    d_ff: int
+    n_heads: int
+    head_dim: int
+    vocab: int
+    n_params: int
+    softcap: bool  # Gemma-2-style final logit softcapping (saves a (B, T, vocab) tensor)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A peak-memory estimate in bytes; ``breakdown`` (of the peak phase) adds up to ``total``."""
+
+    method: str
+    batch: int
+    tokens: int
+    dtype: str
+    phase: str  # the phase that peaks
+    phases: dict[str, dict[str, int]]  # phase → breakdown (bytes per kind)
+    submodules: dict[str, int] = field(default_factory=dict)  # submodule → dictionary width
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        """Bytes per kind at the peak phase."""
+        return self.phases[self.phase]
+
+    @property
+    def phase_totals(self) -> dict[str, int]:
+        return {k: sum(v.values()) for k, v in self.phases.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(self.breakdown.values())
+
+    @property
+    def gib(self) -> float:
+        return self.total / 2**30
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "breakdown": self.breakdown, "total": self.total}
+
+    def table(self) -> str:
+        lines = [f"peak memory estimate: {self.method}, {self.batch} × {self.tokens} tokens, {self.dtype} "
+                 f"({len(self.submodules)} dictionaries; peak in the {self.phase} phase)"]
+        for key, value in self.breakdown.items():
+            lines.append(f"  {key:<14} {value / 2**30:9.3f} GiB")
+        lines.append(f"  {'total':<14} {self.gib:9.3f} GiB")
+        others = ", ".join(f"{k} {v / 2**30:.3f} GiB" for k, v in self.phase_totals.items() if k != self.phase)
+        if others:
+            lines.append(f"  (other phase: {others})")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# shapes
+
+
+def _config(config_or_model):
+    """A transformers config from a config, a featurecircuits Model, a Hugging Face model, a config.json
+    path, a model directory, ``"organism"`` or a hub id (config only, never weights)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(config_or_model, PretrainedConfig):
+        return config_or_model
+    if hasattr(config_or_model, "config") and isinstance(config_or_model.config, PretrainedConfig):
+        return config_or_model.config
+    if isinstance(config_or_model, (str, Path)):
+        spec = str(config_or_model)
+        if spec == "organism":
+            from .models import ORGANISM_DIR
+
+            spec = str(ORGANISM_DIR)
+        path = Path(spec)
+        if path.is_file() and path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return AutoConfig.for_model(data.pop("model_type"), **data)
+        try:
+            return AutoConfig.from_pretrained(spec)
+        except OSError as exc:
+            raise FileNotFoundError(f"no model config for {spec!r}: not a config.json, a directory holding one, "
+                                    f"'organism', or a reachable hub id ({exc.__class__.__name__})") from exc
+    raise TypeError(f"plan needs a config, model, path or hub id, got {type(config_or_model).__name__}")
+
+
+def _count_parameters(config_or_model, config) -> int:
+    """Exact parameter count: the model's own, or one built on the meta device (no memory, no weights)."""
+    hf = getattr(config_or_model, "hf", config_or_model)
+    if isinstance(hf, torch.nn.Module):
+        return sum(p.numel() for p in hf.parameters())
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def geometry(config_or_model) -> Geometry:
+    """The shapes of a model (family, layers, widths, vocabulary, parameter count) from its config."""
+    from .models import family_for
+
+    config = _config(config_or_model)
+    config = getattr(config, "text_config", None) or config  # multimodal wrappers keep the LM here
+    family = family_for(config).name
+    d = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    d_ff = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d)
+    head_dim = int(getattr(config, "head_dim", None) or d // heads)
+    softcap = getattr(config, "final_logit_softcapping", None) is not None
+    return Geometry(family, int(config.num_hidden_layers), d, d_ff, heads, head_dim, int(config.vocab_size),
+                    _count_parameters(config_or_model, config), softcap)
+
+
+def submodule_names(n_layers: int) -> list[str]:
+    """Every submodule in execution order: embed, then attn/mlp/resid per layer."""
+    return ["embed"] + [f"{k}_{l}" for l in range(n_layers) for k in ("attn", "mlp", "resid")]
+
+
+def dictionary_widths(root: str | Path) -> dict[str, tuple[int, int]]:
+    """(width, d_in) per submodule from the dictionaries' config.json files under ``root`` (no weights).
+
+    Reads ``trainer.dict_size``/``activation_dim`` (dictionary_learning), ``d_sae``/``d_in`` (SAELens), or
+    ``width``/``d_in``; folder names as :func:`featurecircuits.models.canonical_name` maps them.
+    """
+    from .models import canonical_name
+
+    root = Path(root)
+    if str(root) == "organism":
+        from .models import REPO_ROOT
+
+        root = REPO_ROOT / "dictionaries" / "organism"
+    if not root.is_dir():
+        raise FileNotFoundError(f"dictionary root {root} is not a directory")
+    out: dict[str, tuple[int, int]] = {}
+    for cfg in sorted(root.rglob("*.json")):
+        if cfg.name not in ("config.json", "cfg.json"):
+            continue
+        data = json.loads(cfg.read_text())
+        data = data.get("trainer", data)
+        width = data.get("dict_size") or data.get("d_sae") or data.get("width")
+        d_in = data.get("activation_dim") or data.get("d_in")
+        if not width or not d_in:
+            continue
+        name = canonical_name(cfg.relative_to(root).parts[0])
+        if name in out:
+            raise ValueError(f"{root} holds several dictionaries for {name}; pass the one you want as its own root")
+        out[name] = (int(width), int(d_in))
+    if not out:
+        raise FileNotFoundError(f"no dictionary config.json (with a width and an input size) under {root}")
+    return out
+
+
+def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
+    if dict_widths is None:
+        return {}
+    if isinstance(dict_widths, int):
+        return {name: (dict_widths, geo.d_model) for name in submodule_names(geo.n_layers)}
+    if not isinstance(dict_widths, Mapping):
+        raise TypeError("dict_widths must be None, an int (one width for every submodule), or a mapping from "
+                        "submodule to width or (width, d_in)")
+    out = {}
+    for name, w in dict_widths.items():
+        out[name] = (int(w), geo.d_model) if isinstance(w, int) else (int(w[0]), int(w[1]))
+        if min(out[name]) < 1:
+            raise ValueError(f"dictionary for {name}: width and d_in must be positive, got {w}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the estimate
+
+
+def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, method: str = "relp",
+         dtype: str | torch.dtype = "float32") -> Plan:
+    """Peak memory of ``attribute(method=...)`` on ``batch`` prompt pairs of ``tokens`` tokens.
+
+    ``dict_widths``: ``None`` (component level: every submodule, no dictionaries), an int (that width at
+    every submodule), or a mapping from submodule name to width or to (width, d_in) (d_in defaults to
+    d_model; Gemma Scope's attention SAEs read hook_z, of width heads · head_dim).
+    """
+    if method not in PLANNED_METHODS:
+        raise ValueError(f"the planner covers methods {', '.join(PLANNED_METHODS)}, not {method!r}")
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in DTYPES.items()}
+        if dtype not in names:
+            raise ValueError(f"unsupported dtype {dtype}; valid: {', '.join(DTYPES)}")
+        dtype = names[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if not (isinstance(batch, int) and isinstance(tokens, int) and batch >= 1 and tokens >= 1):
+        raise ValueError(f"batch and tokens must be positive integers, got {batch!r} and {tokens!r}")
+    size = DTYPES[dtype].itemsize
+    geo = geometry(config_or_model)
+    widths = _widths(dict_widths, geo)
+    n = batch * tokens
+
+    params = geo.n_params * size
+    dict_weights = sum(2 * d_in * w + w + d_in for w, d_in in widths.values()) * size
+    if widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
+        feat_one = n * sum(w for w, _ in widths.values()) * size
+        err_one = n * sum(d_in for _, d_in in widths.values()) * size
+        biggest = max(w for w, _ in widths.values())
+        transient = 2 * n * biggest * size
+    else:  # component level: one (B, T, d_model) part per submodule
+        feat_one = n * (1 + 3 * geo.n_layers) * geo.d_model * size
+        err_one = 0
+        transient = 0
+    cd, cff, catt, cqkv = _SAVED.get(geo.family, _SAVED["gated"])[method]
+    per_token_layer = cd * geo.d_model + cff * geo.d_ff + catt * geo.n_heads * tokens + \
+        cqkv * geo.n_heads * geo.head_dim
+    activations = int(n * (geo.n_layers * per_token_layer + 3 * geo.d_model) * size)
+    logit = n * geo.vocab * size
+
+    phases = {
+        "backward": {"parameters": params, "dictionaries": dict_weights,
+                     "features": _COPIES["backward"] * feat_one, "errors": _COPIES["backward"] * err_one,
+                     "activations": activations,
+                     # source and base logits, the softcap's saved tanh, the gradient of the logits
+                     "logits": (3 + geo.softcap + geo.softcap) * logit, "transient": 0},
+        "scores": {"parameters": params, "dictionaries": dict_weights,
+                   "features": _COPIES["scores"] * feat_one, "errors": _COPIES["scores"] * err_one,
+                   "activations": 0, "logits": 2 * logit, "transient": transient},
+    }
+    peak = max(phases, key=lambda k: sum(phases[k].values()))
+    return Plan(method, batch, tokens, dtype, peak, phases, {k: w for k, (w, _) in widths.items()})
