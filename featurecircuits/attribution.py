@@ -14,48 +14,24 @@ backwards per submodule (batched along α); AP one forward per node (batched alo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import AttributionConfig, LRPConfig
 from .data import Batch, Metric, logit_diff
-from .lrp import LRPConfig, apply_rules, default_rules
+from .lrp import apply_rules
 from .models import Model, Submodule
+from .registry import method_info
 from .splice import Parts, Splice, run
 
 log = logging.getLogger(__name__)
-
-Direction = Literal["noising", "denoising"]
-IGRule = Literal["left", "midpoint"]
-
-
-@dataclass(frozen=True)
-class AttributionConfig:
-    method: str = "relp"
-    direction: Direction = "noising"
-    ig_steps: int = 10
-    ig_rule: IGRule = "left"
-    lrp: LRPConfig | None = None  # None: the model family's default rules
-    max_batch: int = 256  # sequences per forward for AP and IG
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.direction not in get_args(Direction):
-            raise ValueError(f"unknown direction {self.direction!r}; valid: {', '.join(get_args(Direction))}")
-        if self.ig_rule not in get_args(IGRule):
-            raise ValueError(f"unknown ig_rule {self.ig_rule!r}; valid: {', '.join(get_args(IGRule))}")
-        if not (isinstance(self.ig_steps, int) and self.ig_steps >= 1):
-            raise ValueError(f"ig_steps must be a positive integer, got {self.ig_steps!r}")
-        if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
-            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch!r}")
-
 
 @dataclass
 class Attribution:
@@ -93,11 +69,6 @@ class Attribution:
         if s.ndim == 3:
             s = s.sum(-1) + self.error_scores[sub]
         return s
-
-
-def _roles(batch: Batch, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base ids, source ids): the run we intervene on and the run we take activations from."""
-    return (batch.clean, batch.patch) if direction == "noising" else (batch.patch, batch.clean)
 
 
 def _check_metric(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
@@ -145,7 +116,7 @@ def _finish(splice: Splice, cfg: AttributionConfig, per_part: dict[str, Parts], 
 
 def _gradient_method(model: Model, splice: Splice, batch: Batch, metric: Metric, cfg: AttributionConfig,
                      rules: LRPConfig | None, progress: bool) -> Attribution:
-    base_ids, src_ids = _roles(batch, cfg.direction)
+    base_ids, src_ids = batch.roles(cfg.direction)
     src_parts, src_logits = _capture(model, splice, src_ids)
     m_src = _check_metric(metric(src_logits, batch).detach(), len(batch), "source")
     leaves: dict[str, Parts] = {}
@@ -173,8 +144,7 @@ def atp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 
 
 def relp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
-    rules = cfg.lrp or default_rules(model.family.name)
-    return _gradient_method(model, splice, batch, metric, cfg, rules, progress)
+    return _gradient_method(model, splice, batch, metric, cfg, cfg.lrp.resolve(model.family.name), progress)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,7 +153,7 @@ def relp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 
 def _both_runs(model, splice, batch, metric, cfg):
     """Base and source forwards (no gradient): base ids, both runs' parts, and the metric on each."""
-    base_ids, src_ids = _roles(batch, cfg.direction)
+    base_ids, src_ids = batch.roles(cfg.direction)
     base_parts, base_logits = _capture(model, splice, base_ids)
     src_parts, src_logits = _capture(model, splice, src_ids)
     m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
@@ -287,42 +257,40 @@ def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
     return _finish(splice, cfg, per_part, m_base, m_src, deltas, {}, base_parts)
 
 
-MethodFn = Callable[..., Attribution]
-METHODS: dict[str, MethodFn] = {"ap": ap, "atp": atp, "relp": relp, "ig": ig}
+def implementation(name: str) -> Callable[..., Attribution]:
+    """The function computing method ``name`` (from the registry's ``module:function``)."""
+    module, _, function = method_info(name).implementation.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def attribute(
     model: Model,
     batch: Batch,
     *,
-    method: str = "relp",
+    config: AttributionConfig | None = None,
     dictionaries: dict | None = None,
     submodules=None,
     metric: Metric = logit_diff,
-    direction: Direction = "noising",
-    lrp: LRPConfig | None = None,
-    ig_steps: int = 10,
-    ig_rule: IGRule = "left",
-    max_batch: int = 256,
     progress: bool = False,
+    **options,
 ) -> Attribution:
-    """Score every node of ``submodules`` (default: those with dictionaries, else all) with ``method``.
+    """Score every node of ``submodules`` (default: those with dictionaries, else all).
 
-    With ``dictionaries`` (submodule name → dictionary) nodes are features and error terms; without,
-    nodes are component outputs per position.
+    ``config`` (an :class:`AttributionConfig`) says how; keyword ``options`` (``method``, ``direction``,
+    ``lrp``, ``ig_steps``, ``ig_rule``, ``max_batch``) change fields of it. With ``dictionaries`` (submodule
+    name → Dictionary) nodes are features and error terms; without, component outputs per position.
     """
-    cfg = AttributionConfig(method=method, direction=direction, ig_steps=ig_steps, ig_rule=ig_rule,
-                            lrp=lrp, max_batch=max_batch)
+    cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
     if len(batch) == 0:
         raise ValueError("the batch is empty")
     _check_tokens(model, batch)
     batch = batch.to(model.device)
     splice = Splice(model, dictionaries, submodules)
-    result = METHODS[method](model, splice, batch, metric, cfg, progress)
+    result = implementation(cfg.method)(model, splice, batch, metric, cfg, progress)
     for name, s in result.scores.items():
         if not torch.isfinite(s).all():
-            raise FloatingPointError(f"{method} produced non-finite scores at {name}")
-    log.info("%s on %d examples × %d tokens: %d submodules", method, len(batch), batch.n_tokens,
+            raise FloatingPointError(f"{cfg.method} produced non-finite scores at {name}")
+    log.info("%s on %d examples × %d tokens: %d submodules", cfg.method, len(batch), batch.n_tokens,
              len(result.submodules))
     return result
 

@@ -9,31 +9,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import networkx as nx
 import torch
 from tqdm.auto import tqdm
 
 from .attribution import attribute
+from .config import AttributionConfig
 from .data import Batch, Metric, logit_diff
-from .edges import Node, score_edges
+from .edges import score_edges
 from .fileio import atomic_write_text
-from .lrp import LRPConfig
 from .models import Model
+from .scoring import (
+    RESULT_MEMORY_BUDGET,
+    Aggregation,
+    Node,
+    NodeScores,
+    check_aggregation,
+    check_threshold,
+    score_nodes,
+    select_nodes,
+)
 from .splice import Splice
+from .tasks import as_batches
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "featurecircuits.circuit"
 SCHEMA_VERSION = 1
 METRIC_NODE = "logit"
-Aggregation = Literal["sum", "none"]
 _ID = re.compile(r"^(?P<sub>[a-z]+(?:_\d+)?)(?:/(?P<part>err|f(?P<feat>\d+)))?(?:@(?P<pos>\d+))?$")
 
 
@@ -51,13 +59,6 @@ def parse_node_id(text: str) -> Node:
     feat = int(m["feat"]) if m["feat"] is not None else None
     pos = int(m["pos"]) if m["pos"] is not None else None
     return m["sub"], part, feat, pos
-
-
-def _check_threshold(name: str, value) -> None:
-    if value is None:
-        return
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
 
 
 @dataclass
@@ -92,8 +93,8 @@ class Circuit:
               top_k: int | None = None) -> Circuit:
         """A smaller circuit: nodes with |score| ≥ node_threshold (or the top_k), edges with
         |weight| ≥ edge_threshold among them."""
-        _check_threshold("node_threshold", node_threshold)
-        _check_threshold("edge_threshold", edge_threshold)
+        check_threshold("node_threshold", node_threshold)
+        check_threshold("edge_threshold", edge_threshold)
         keep = set(self.nodes)
         if node_threshold is not None:
             keep = {n for n in keep if abs(self.score(n)) >= node_threshold}
@@ -172,48 +173,33 @@ class Circuit:
         for n in self.nodes:
             model.submodule(parse_node_id(n)[0])  # raises, listing the valid submodules
 
-
-def _as_batches(model: Model, task, n_examples: int | None, batch_size: int) -> list[Batch]:
-    from .tasks import Task, load_task
-
-    if isinstance(task, Batch):
-        return [task]
-    if isinstance(task, (str, Path)):
-        task = load_task(task, model.tokenizer)
-    if isinstance(task, Task):
-        if model.tokenizer is None:
-            raise ValueError("the model has no tokenizer; pass Batches instead of a task")
-        return task.batches(model.tokenizer, batch_size, n=n_examples)
-    batches = list(task)
-    if not batches or not all(isinstance(b, Batch) for b in batches):
-        raise ValueError("task must be a Task, a JSONL path, a Batch or a list of Batches")
-    return batches
-
-
-def _node_scores(res, aggregation: str) -> dict[Node, torch.Tensor]:
-    """Per-node score summed over the batch's examples (and positions when aggregating)."""
-    out: dict[Node, torch.Tensor] = {}
-    for sub in res.submodules:
-        s = res.scores[sub].sum(0)  # (T,) or (T, F)
-        parts = [("act", s)] + ([("err", res.error_scores[sub].sum(0))] if sub in res.error_scores else [])
-        for part, t in parts:
-            if aggregation == "sum":
-                t = t.sum(0)
-            out[(sub, part)] = t
-    return out
+    def check_dictionaries(self, dictionaries: dict) -> None:
+        """Raise when ``dictionaries`` are not the ones this circuit was found with (compared by the hash of
+        their weights, so the same dictionary in another file format passes)."""
+        recorded = self.metadata.get("dictionary_sources")
+        if recorded is None:  # circuits written before sources were recorded
+            return
+        for sub, src in recorded.items():
+            ae = dictionaries.get(sub)
+            if ae is None:
+                raise ValueError(f"this circuit was found with a dictionary for {sub} ({src['format']}: "
+                                 f"{src['path']}), but none is given for it")
+            if ae.source.hash != src["hash"]:
+                raise ValueError(f"the dictionary given for {sub} ({ae.source.format}: {ae.source.path}, weights "
+                                 f"{ae.source.hash}) is not the one this circuit was found with "
+                                 f"({src['format']}: {src['path']}, weights {src['hash']})")
 
 
-RESULT_MEMORY_BUDGET = 2 * 2**30  # bytes of per-batch attribution results kept for edge scoring
-
-
-def _result_bytes(res) -> int:
-    tensors = [t for group in (res.deltas, res.coefficients, res.activations) for parts in group.values()
-               for t in parts.values()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _check_lengths(batches: list[Batch], aggregation: str) -> list[int]:
+    lengths = sorted({b.n_tokens for b in batches})
+    if aggregation == "none" and len(lengths) > 1:
+        raise ValueError(f"aggregation='none' keeps positions, so every prompt needs one token length; "
+                         f"found lengths {lengths} (use one template, or aggregation='sum')")
+    return lengths
 
 
 def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: int = 4) -> dict[Node, list[str]]:
-    """For each feature node, the clean-prompt contexts (last ``width`` tokens) where it is most active."""
+    """For each feature node, the base-prompt contexts (last ``width`` tokens) where it is most active."""
     out = {}
     for node in nodes:
         sub, _, feat, pos = node
@@ -222,7 +208,7 @@ def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: i
             acts = res.activations[sub]["act"][..., feat]  # (B, T)
             if pos is not None:
                 acts = torch.where(torch.arange(acts.shape[1]) == pos, acts, torch.zeros_like(acts))
-            ids = batch.clean if res.direction == "noising" else batch.patch
+            ids, _ = batch.roles(res.direction)
             for value, flat in zip(*acts.flatten().topk(min(k, acts.numel())), strict=True):
                 b, t = divmod(int(flat), acts.shape[1])
                 found.append((float(value), ids[b, max(0, t - width + 1):t + 1].tolist()))
@@ -237,121 +223,118 @@ def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: i
     return out
 
 
+def score_circuit_edges(model: Model, splice: Splice, scores: NodeScores, nodes: dict[Node, float],
+                        config: AttributionConfig, metric: Metric, *, progress: bool = False
+                        ) -> dict[tuple[Node, Node], float]:
+    """Edge weights among ``nodes``, averaged over the examples (batches whose attribution was not kept
+    are attributed again)."""
+    weights: dict[tuple[Node, Node], float] = {}
+    for batch, res in tqdm(scores.results, desc="edges", disable=not progress):
+        if res is None:
+            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
+                            submodules=[s.name for s in splice.submodules], metric=metric)
+        for key, w in score_edges(model, splice, batch.to(model.device), res, list(nodes)).weights.items():
+            weights[key] = weights.get(key, 0.0) + w
+    return {k: w / scores.n_examples for k, w in weights.items()}
+
+
+def build_graph(model: Model, splice: Splice, scores: NodeScores, nodes: dict[Node, float],
+                weights: dict[tuple[Node, Node], float], edge_threshold: float, contexts: dict) -> nx.DiGraph:
+    """Nodes with their attributes, edges with |weight| ≥ ``edge_threshold``, the metric node on top (fed by
+    the last submodule's nodes, with their scores as weights)."""
+    graph = nx.DiGraph()
+    graph.add_node(METRIC_NODE, kind="metric", score=scores.metric_source - scores.metric_base, submodule=None,
+                   layer=None, position=None, feature=None)
+    for node, s in nodes.items():
+        sub, part, feat, pos = node
+        kind = "error" if part == "err" else "feature" if feat is not None else "component"
+        mean_act = float(scores.mean_activations[sub][feat]) if kind == "feature" else None
+        graph.add_node(node_id(node), score=s, kind=kind, submodule=sub, layer=model.submodule(sub).layer,
+                       position=pos, feature=feat, mean_activation=mean_act, top_contexts=contexts.get(node))
+    last = splice.submodules[-1].name
+    for node, s in nodes.items():
+        if node[0] == last and abs(s) >= edge_threshold:
+            graph.add_edge(node_id(node), METRIC_NODE, weight=s)
+    for (u, d), w in weights.items():
+        if abs(w) >= edge_threshold:
+            graph.add_edge(node_id(u), node_id(d), weight=w)
+    return graph
+
+
+def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, config, metric) -> dict:
+    """Top contexts of the feature nodes, from the kept results (or the first batch, attributed again)."""
+    if model.tokenizer is None or not scores.results:
+        return {}
+    kept = [r for r in scores.results if r[1] is not None]
+    if not kept:
+        batch = scores.results[0][0]
+        kept = [(batch, attribute(model, batch, config=config, dictionaries=splice.dictionaries,
+                                  submodules=[s.name for s in splice.submodules], metric=metric))]
+    return _top_contexts(model, kept, [n for n in nodes if n[2] is not None])
+
+
+def task_record(task) -> dict | None:
+    """What a circuit records of the task it was found on (enough to rebuild its examples)."""
+    from .tasks import Task
+
+    if isinstance(task, Task):
+        return {"name": task.name, **task.source}
+    if isinstance(task, (str, Path)):
+        return {"name": Path(task).stem, "file": str(task)}
+    return None
+
+
+def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, scores: NodeScores, *, task,
+                     aggregation, node_threshold, edge_threshold, top_k, lengths, metric) -> dict:
+    return {
+        "model": model.name, "family": model.family.name, "n_layers": model.n_layers, "d_model": model.d_model,
+        "method": config.method, "direction": config.direction, "config": config.to_dict(),
+        "aggregation": aggregation, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+        "top_k": top_k, "task": task_record(task), "n_examples": scores.n_examples, "token_lengths": lengths,
+        "submodules": [s.name for s in splice.submodules],
+        "dictionary_sizes": {k: v.width for k, v in splice.dictionaries.items()},
+        "dictionary_sources": {k: v.source.to_dict() for k, v in splice.dictionaries.items()},
+        "metric": getattr(metric, "__name__", "custom"), "metric_base": scores.metric_base,
+        "metric_source": scores.metric_source,  # base = clean when noising, patch when denoising
+    }
+
+
 def discover(
     model: Model,
     dictionaries: dict | None,
     task,
     *,
-    method: str = "relp",
+    config: AttributionConfig | None = None,
     node_threshold: float = 0.1,
     edge_threshold: float = 0.01,
     top_k: int | None = None,
     aggregation: Aggregation = "sum",
     n_examples: int | None = 100,
     batch_size: int = 32,
-    ig_steps: int = 10,
-    direction: str = "noising",
-    lrp: LRPConfig | None = None,
     metric: Metric = logit_diff,
     submodules: Sequence[str] | None = None,
     edges: bool = True,
+    memory_budget: int = RESULT_MEMORY_BUDGET,
     progress: bool = False,
+    **options,
 ) -> Circuit:
-    """Score nodes with ``method``, keep those with |mean score| ≥ ``node_threshold`` (or the ``top_k``),
-    score edges among them, keep edges with |weight| ≥ ``edge_threshold``."""
-    _check_threshold("node_threshold", node_threshold)
-    _check_threshold("edge_threshold", edge_threshold)
-    if aggregation not in get_args(Aggregation):
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(get_args(Aggregation))}")
-    batches = _as_batches(model, task, n_examples, batch_size)
-    lengths = sorted({b.n_tokens for b in batches})
-    if aggregation == "none" and len(lengths) > 1:
-        raise ValueError(f"aggregation='none' keeps positions, so every prompt needs one token length; "
-                         f"found lengths {lengths} (use one template, or aggregation='sum')")
+    """Score nodes (``config``, or keyword ``options`` such as ``method="ig"``), keep those with |mean score|
+    ≥ ``node_threshold`` (or the ``top_k``), score edges among them and keep those with |weight| ≥
+    ``edge_threshold``. Per-batch attributions are kept for edges up to ``memory_budget`` bytes."""
+    cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
+    check_threshold("node_threshold", node_threshold)
+    check_threshold("edge_threshold", edge_threshold)
+    check_aggregation(aggregation)
+    batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
+    lengths = _check_lengths(batches, aggregation)
     splice = Splice(model, dictionaries, submodules)
-    total = sum(len(b) for b in batches)
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    act_sums: dict[str, torch.Tensor] = {}
-    results = []
-    m_base = m_src = 0.0
-
-    def run_attribution(batch):
-        return attribute(model, batch, method=method, dictionaries=splice.dictionaries,
-                         submodules=[s.name for s in splice.submodules], metric=metric, direction=direction,
-                         lrp=lrp, ig_steps=ig_steps)
-
-    keep_results = True
-    for batch in tqdm(batches, desc=f"{method} nodes", disable=not progress):
-        res = run_attribution(batch)
-        if keep_results and _result_bytes(res) * len(batches) > RESULT_MEMORY_BUDGET:
-            keep_results = False  # edges will recompute each batch's attribution instead
-            results = [(b, None) for b, _ in results]
-        for key, t in _node_scores(res, aggregation).items():
-            sums[key] = sums.get(key, 0) + t
-        for sub, acts in res.activations.items():  # mean feature activation per example and position
-            if splice.has_features(model.submodule(sub)):
-                act_sums[sub] = act_sums.get(sub, 0) + acts["act"].sum((0, 1)) / batch.n_tokens
-        m_base += float(res.metric_base.sum())
-        m_src += float(res.metric_source.sum())
-        results.append((batch, res if keep_results else None))
-    # node selection
-    scores: dict[Node, float] = {}
-    for (sub, part), t in sums.items():
-        mean = t / total
-        if part == "act" and splice.has_features(model.submodule(sub)):
-            idx = (mean.abs() >= node_threshold).nonzero().tolist() if top_k is None else mean.nonzero().tolist()
-            for ix in idx:
-                feat, pos = (ix[-1], ix[0] if aggregation == "none" else None)
-                scores[(sub, "act", feat, pos)] = float(mean[tuple(ix)])
-        else:
-            if aggregation == "sum":
-                scores[(sub, part, None, None)] = float(mean)
-            else:
-                for pos, v in enumerate(mean.tolist()):
-                    scores[(sub, part, None, pos)] = v
-    if top_k is not None:
-        scores = dict(sorted(scores.items(), key=lambda kv: -abs(kv[1]))[:top_k])
-    else:
-        scores = {k: v for k, v in scores.items() if abs(v) >= node_threshold}
-    # edges
-    weights: dict[tuple[Node, Node], float] = {}
-    if edges and scores:
-        for batch, res in tqdm(results, desc="edges", disable=not progress):
-            res = res if res is not None else run_attribution(batch)
-            for key, w in score_edges(model, splice, batch.to(model.device), res, list(scores)).weights.items():
-                weights[key] = weights.get(key, 0.0) + w
-    if not keep_results and results:  # hover contexts come from the first batch then
-        results[0] = (results[0][0], results[0][1] or run_attribution(results[0][0]))
-    kept = [r for r in results if r[1] is not None]
-    contexts = _top_contexts(model, kept, [n for n in scores if n[2] is not None]) if model.tokenizer else {}
-    graph = nx.DiGraph()
-    graph.add_node(METRIC_NODE, kind="metric", score=(m_src - m_base) / total, submodule=None, layer=None,
-                   position=None, feature=None)
-    for node, s in scores.items():
-        sub, part, feat, pos = node
-        sm = model.submodule(sub)
-        kind = "error" if part == "err" else "feature" if feat is not None else "component"
-        mean_act = None
-        if kind == "feature":
-            mean_act = float(act_sums[sub][feat] / total)
-        graph.add_node(node_id(node), score=s, kind=kind, submodule=sub, layer=sm.layer, position=pos,
-                       feature=feat, mean_activation=mean_act, top_contexts=contexts.get(node))
-    last = splice.submodules[-1].name
-    for node, s in scores.items():
-        if node[0] == last and abs(s) >= edge_threshold:
-            graph.add_edge(node_id(node), METRIC_NODE, weight=s)
-    for (u, d), w in weights.items():
-        w /= total
-        if abs(w) >= edge_threshold:
-            graph.add_edge(node_id(u), node_id(d), weight=w)
-    meta = {
-        "model": model.name, "family": model.family.name, "n_layers": model.n_layers, "d_model": model.d_model,
-        "method": method, "direction": direction, "aggregation": aggregation, "node_threshold": node_threshold,
-        "edge_threshold": edge_threshold, "top_k": top_k, "n_examples": total, "token_lengths": lengths,
-        "ig_steps": ig_steps if method == "ig" else None, "submodules": [s.name for s in splice.submodules],
-        "dictionary_sizes": {k: int(v.dict_size) for k, v in splice.dictionaries.items()},
-        "metric": getattr(metric, "__name__", "custom"), "metric_base": m_base / total,
-        "metric_source": m_src / total,  # base = clean when noising, patch when denoising
-        "lrp": (lrp.__dict__ if lrp else None) if method == "relp" else None,
-    }
-    return Circuit(graph, meta)
+    scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
+                         progress=progress)
+    nodes = select_nodes(scores, splice, threshold=node_threshold, top_k=top_k)
+    weights = score_circuit_edges(model, splice, scores, nodes, cfg, metric, progress=progress) \
+        if edges and nodes else {}
+    contexts = _hover_contexts(model, splice, scores, nodes, cfg, metric)
+    graph = build_graph(model, splice, scores, nodes, weights, edge_threshold, contexts)
+    return Circuit(graph, circuit_metadata(model, splice, cfg, scores, task=task, aggregation=aggregation,
+                                           node_threshold=node_threshold, edge_threshold=edge_threshold,
+                                           top_k=top_k, lengths=lengths, metric=metric))

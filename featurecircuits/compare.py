@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attribution import attribute, pearson
+from .config import AttributionConfig
 from .data import Batch, logit_diff
 from .models import Model
 
@@ -37,10 +38,11 @@ class Comparison:
     tokens: dict[int, list[str]]  # length → tokens of one clean prompt
     pcc: dict[str, dict[str, float]] = field(default_factory=dict)  # method → kind → PCC with AP
     normalized: bool = False
+    configs: dict[str, dict] = field(default_factory=dict)  # method → AttributionConfig.to_dict()
 
     def to_dict(self) -> dict:
         return {"model": self.model, "task": self.task, "methods": self.methods, "n_pairs": self.n_pairs,
-                "normalized": self.normalized, "pcc": self.pcc,
+                "normalized": self.normalized, "pcc": self.pcc, "configs": self.configs,
                 "groups": {str(k): {"tokens": self.tokens[k],
                                     "grids": {m: {kind: g.tolist() for kind, g in by_kind.items()}
                                               for m, by_kind in v.items()}}
@@ -67,9 +69,12 @@ def normalized_logit_diff(batch: Batch, ld_clean: torch.Tensor, ld_patch: torch.
 
 
 def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = ("atp", "relp"),
-            normalized: bool = False, max_batch: int = 256, task_name: str = "task",
-            progress: bool = False) -> Comparison:
+            attribution: AttributionConfig | None = None, normalized: bool = False, max_batch: int = 256,
+            task_name: str = "task", progress: bool = False) -> Comparison:
+    """Every method against AP, with ``attribution``'s direction and rules (only the method replaced)."""
     methods = [m for m in methods if m != "ap"]
+    base = (attribution or AttributionConfig()).with_(max_batch=max_batch).resolve(model.family.name)
+    configs = {m: base.with_(method=m) for m in ["ap", *methods]}
     grids: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
     counts: dict[int, int] = {}
     tokens: dict[int, list[str]] = {}
@@ -87,7 +92,7 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
         if t not in tokens and model.tokenizer is not None:
             tokens[t] = model.tokenizer.convert_ids_to_tokens(batch.clean[0].tolist())
         for method in ["ap", *methods]:
-            res = attribute(model, batch, method=method, metric=metric, max_batch=max_batch)
+            res = attribute(model, batch, config=configs[method], metric=metric)
             per_kind = group.setdefault(method, {})
             for kind in KINDS:
                 subs = [s.name for s in model.submodules if s.kind == kind]
@@ -102,7 +107,8 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
         pcc[method] = {}
         for kind in KINDS:
             pcc[method][kind] = pearson(pooled_cells(grids, "ap", kind), pooled_cells(grids, method, kind))
-    return Comparison(model.name, task_name, list(methods), sum(counts.values()), grids, tokens, pcc, normalized)
+    return Comparison(model.name, task_name, list(methods), sum(counts.values()), grids, tokens, pcc, normalized,
+                      {m: c.to_dict() for m, c in configs.items()})
 
 
 def comparison_figure(comp: Comparison):

@@ -52,6 +52,11 @@ class Batch:
             idx = slice(idx, idx + 1)
         return Batch(self.clean[idx], self.patch[idx], self.clean_answer[idx], self.patch_answer[idx])
 
+    def roles(self, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base ids, source ids): the run we intervene on and the run we take activations from —
+        (clean, patch) when noising, (patch, clean) when denoising."""
+        return (self.clean, self.patch) if direction == "noising" else (self.patch, self.clean)
+
     def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.clean, self.patch, self.clean_answer, self.patch_answer)))
 

@@ -31,7 +31,7 @@ def _row(task, method, circuit, result, seconds) -> dict:
 
 
 def run_demo(out: str | Path = "out/demo", *, n_examples: int = 48) -> int:
-    from .cli import _table
+    from .report import table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,9 +61,9 @@ def run_demo(out: str | Path = "out/demo", *, n_examples: int = 48) -> int:
                          curves={"sva-rc · faithfulness vs nodes": curve})
     print(f"\nCircuits in the organism (node threshold {NODE_THRESHOLD}, edge threshold {EDGE_THRESHOLD}, "
           f"{n_examples} held-out pairs, mean ablation):\n")
-    print(_table(rows, list(rows[0])))
+    print(table(rows, list(rows[0])))
     print("\nFaithfulness-vs-size curve (area under faithfulness over log10 nodes):")
-    print(_table([{"method": m, "AUC": f"{curve.auc(m):.3f}"} for m in curve.methods()], ["method", "AUC"]))
+    print(table([{"method": m, "AUC": f"{curve.auc(m):.3f}"} for m in curve.methods()], ["method", "AUC"]))
     print(f"\nwrote {len(list(out.iterdir()))} files to {out}/ in {time.perf_counter() - start_all:.0f} s; "
           f"open {page} in a browser (works offline)")
     return 0

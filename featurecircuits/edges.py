@@ -23,22 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .attribution import Attribution, _roles
-from .lrp import apply_rules, default_rules
+from .attribution import Attribution
+from .lrp import apply_rules
 from .models import Model, Submodule
+from .registry import METHODS
+from .scoring import Node
 from .splice import Splice, run
-
-Node = tuple[str, str, int | None, int | None]  # (submodule, part "act"/"err", feature or None, position or None)
-
-
-def decoder_matrix(ae) -> torch.Tensor:
-    """(features, d_model): each feature's contribution per unit activation (decode is affine)."""
-    if hasattr(ae, "W_dec"):
-        return ae.W_dec.detach()
-    if hasattr(ae, "decoder") and hasattr(ae.decoder, "weight"):
-        return ae.decoder.weight.detach().t()
-    eye = torch.eye(ae.dict_size)
-    return (ae.decode(eye) - ae.decode(torch.zeros(1, ae.dict_size))).detach()
 
 
 @dataclass
@@ -49,14 +39,8 @@ class EdgeScores:
 
 
 def encoder_rows(ae) -> torch.Tensor | None:
-    """(features, d_model) rows w_j with ∂f_j/∂x = 1[f_j > 0]·w_j, for the ReLU-family encoders
-    (AutoEncoder, JumpReLU, TopK); None where the Jacobian has another form (use autograd)."""
-    name = type(ae).__name__
-    if name in ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE"):
-        return ae.encoder.weight.detach()
-    if name == "JumpReluAutoEncoder":
-        return ae.W_enc.detach().t()
-    return None
+    """Rows w_j with ∂f_j/∂x = 1[f_j > 0]·w_j (the dictionary's own declaration; None: use autograd)."""
+    return ae.encoder_rows
 
 
 def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x: torch.Tensor,
@@ -118,13 +102,12 @@ def score_edges(
     chunk: int = 32,
 ) -> EdgeScores:
     """Edges among ``nodes`` (circuit nodes) for one batch, using ``attribution``'s Δ and coefficients."""
-    if not attribution.coefficients:
-        raise ValueError(f"method {attribution.method!r} has no coefficients to score edges with; "
-                         "use relp, atp or ig")
-    base_ids, _ = _roles(batch, attribution.direction)
-    rules = None
-    if attribution.method == "relp":
-        rules = (attribution.config.lrp if attribution.config else None) or default_rules(model.family.name)
+    if not attribution.config.info.edges:
+        raise ValueError(f"method {attribution.method!r} has no coefficients to score edges with; use one of "
+                         f"{', '.join(m.name for m in METHODS.values() if m.edges)}")
+    cfg = attribution.config
+    base_ids, _ = batch.roles(cfg.direction)
+    rules = cfg.lrp.resolve(model.family.name) if cfg.info.uses_rules else None
     leaves: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 
@@ -142,7 +125,7 @@ def score_edges(
     for node in nodes:
         by_sub.setdefault(node[0], []).append(node)
     weights: dict[tuple[Node, Node], float] = {}
-    decoders = {name: decoder_matrix(ae) for name, ae in splice.dictionaries.items()}
+    decoders = {name: ae.decoder_rows for name, ae in splice.dictionaries.items()}
     for d_name, d_nodes in by_sub.items():
         d_idx = order.index(d_name)
         upstream = [u for u in order[:d_idx] if u in by_sub]

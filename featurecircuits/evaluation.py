@@ -11,34 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .circuit import Circuit, _as_batches, _check_threshold
+from .circuit import Circuit
+from .config import AblationConfig, AttributionConfig
 from .data import Batch, Metric, logit_diff
 from .models import Model
+from .scoring import check_threshold, score_nodes
 from .splice import Splice, run
+from .tasks import as_batches
 
 Masks = dict[str, dict[str, torch.Tensor]]  # submodule → part → bool mask, (F,)/(T, F) or ()/(T,)
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    ablation: Literal["mean", "zero", "resample"] = "mean"
-    errors: Literal["ablate", "keep", "remove"] = "ablate"  # error nodes: like features / never / always zero
-    start_layer: int = 0  # submodules of earlier layers are never ablated (Sparse Feature Circuits: 2)
-    include_embed: bool = True  # Sparse Feature Circuits leaves the embedding out
-    seed: int = 0
-
-    def __post_init__(self):
-        for name, options in (("ablation", ("mean", "zero", "resample")), ("errors", ("ablate", "keep", "remove"))):
-            if getattr(self, name) not in options:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(options)}")
-        if not isinstance(self.start_layer, int) or self.start_layer < 0:
-            raise ValueError(f"start_layer must be a non-negative integer, got {self.start_layer!r}")
 
 
 @dataclass
@@ -149,11 +135,11 @@ def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg
     return list(zip(batches, values, strict=True))
 
 
-def _invert(masks: Masks) -> Masks:
+def inverted(masks: Masks) -> Masks:
     return {s: {k: ~v for k, v in p.items()} for s, p in masks.items()}
 
 
-def _full(masks: Masks, value: bool) -> Masks:
+def filled(masks: Masks, value: bool) -> Masks:
     return {s: {k: torch.full_like(v, value) for k, v in p.items()} for s, p in masks.items()}
 
 
@@ -186,8 +172,8 @@ def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_
     """
     sources = ablation_sources(model, splice, batches, cfg)
     return {name: _mean_metric(model, splice, sources, cfg, metric, fn) for name, fn in (
-        ("circuit", node_masks), ("complement", lambda n: _invert(node_masks(n))),
-        ("empty", lambda n: _full(node_masks(n), False)), ("full", None))}
+        ("circuit", node_masks), ("complement", lambda n: inverted(node_masks(n))),
+        ("empty", lambda n: filled(node_masks(n), False)), ("full", None))}
 
 
 def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
@@ -196,7 +182,8 @@ def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
     """Faithfulness and completeness of ``circuit`` on ``task``'s examples."""
     circuit.check_model(model)
     splice = Splice(model, dictionaries, circuit.metadata.get("submodules"))
-    batches = _as_batches(model, task, n_examples, batch_size)
+    circuit.check_dictionaries(splice.dictionaries)
+    batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     nodes = circuit.node_tuples()
     counted = sum(_counted(model, sub, part, config) for sub, part, _, _ in nodes)
     m = evaluate_masks(model, splice, batches, lambda t: masks_from_nodes(splice, nodes, t), config, metric)
@@ -245,20 +232,6 @@ class Curve:
         return float(np.trapezoid(y, x) / span) if span > 0 else float(y.mean())
 
 
-def _score_tensors(model, splice, batches, method, ig_steps, metric, aggregation="sum"):
-    from .attribution import attribute
-    from .circuit import _node_scores
-
-    sums, total = {}, 0
-    for batch in batches:
-        res = attribute(model, batch, method=method, dictionaries=splice.dictionaries,
-                        submodules=[s.name for s in splice.submodules], metric=metric, ig_steps=ig_steps)
-        for key, t in _node_scores(res, aggregation).items():
-            sums[key] = sums.get(key, 0) + t
-        total += len(batch)
-    return {k: v / total for k, v in sums.items()}
-
-
 def _threshold_masks(splice, scores, threshold: float, n_tokens: int) -> Masks:
     masks: Masks = {}
     for sub in splice.submodules:
@@ -293,31 +266,37 @@ def faithfulness_curve(
     task,
     *,
     methods: Sequence[str] = ("relp", "ig", "atp"),
+    attribution: AttributionConfig | None = None,
     thresholds: Sequence[float] | None = None,
     relative: bool = True,
     config: AblationConfig = AblationConfig(),
     n_examples: int | None = 100,
     batch_size: int = 32,
-    ig_steps: int = 10,
     metric: Metric = logit_diff,
     random_baseline: bool = True,
     progress: bool = False,
+    **options,
 ) -> Curve:
     """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` relative to
     each method's largest |score| by default; absolute when ``relative=False``), per method, with a
     random circuit of the same size as baseline. Nodes are summed over positions. Only nodes that
     ``config`` ablates take part in selection, counts and the random baseline: with ``start_layer`` or
     ``include_embed=False`` the earlier layers (and with ``errors`` keep/remove the error terms) are the
-    same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation."""
+    same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation.
+
+    Every method is scored with ``attribution`` (an AttributionConfig; keyword ``options`` such as
+    ``ig_steps`` or ``lrp`` change it) with only its method replaced, so rules and direction apply to all."""
     if thresholds is None:
         thresholds = list(np.logspace(-4, 0, 15))
     for t in thresholds:
-        _check_threshold("threshold", t)
+        check_threshold("threshold", t)
+    base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
+    configs = [base_cfg.with_(method=m) for m in methods]
     splice = Splice(model, dictionaries)
     if not any(_ablatable(sub, config) for sub in splice.submodules):
         raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
                          f"include_embed={config.include_embed}; nothing to select")
-    batches = _as_batches(model, task, n_examples, batch_size)
+    batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     gen = torch.Generator().manual_seed(config.seed)
     points = []
     sources = ablation_sources(model, splice, batches, config)
@@ -328,17 +307,18 @@ def faithfulness_curve(
 
     m_full = mean_metric(None)
     m_empty = None
-    for method in methods:
-        scores = {k: v for k, v in _score_tensors(model, splice, batches, method, ig_steps, metric).items()
-                  if _counted(model, *k, config)}
+    for cfg in configs:
+        method = cfg.method
+        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0).means
+        scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
         top = max(float(t.abs().max()) for t in scores.values())
         for thr in tqdm(thresholds, desc=f"curve {method}", disable=not progress):
             absolute = thr * top if relative else thr
             n_nodes = int(sum(int((t.abs() >= absolute).sum()) for t in scores.values()))
             if m_empty is None:
-                m_empty = mean_metric(lambda n, s=scores: _full(_threshold_masks(splice, s, 0, n), False))
+                m_empty = mean_metric(lambda n, s=scores: filled(_threshold_masks(splice, s, 0, n), False))
             m_c = mean_metric(lambda n, s=scores, a=absolute: _threshold_masks(splice, s, a, n))
-            m_comp = mean_metric(lambda n, s=scores, a=absolute: _invert(_threshold_masks(splice, s, a, n)))
+            m_comp = mean_metric(lambda n, s=scores, a=absolute: inverted(_threshold_masks(splice, s, a, n)))
             rand = None
             if random_baseline:
                 m_r = mean_metric(lambda n, s=scores, k=n_nodes: _random_masks(splice, s, k, n, gen))
@@ -347,7 +327,7 @@ def faithfulness_curve(
                                      _ratio(m_comp, m_empty, m_full), rand))
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
                           "relative": relative, "n_examples": total, "m_full": m_full, "m_empty": m_empty,
-                          "ig_steps": ig_steps})
+                          "attribution": {c.method: c.to_dict() for c in configs}})
 
 
 __all__ = ["AblationConfig", "Curve", "CurvePoint", "Faithfulness", "evaluate", "faithfulness_curve",

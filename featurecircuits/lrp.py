@@ -19,74 +19,19 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-NormRule = Literal["ln", "grad"]
-ActRule = Literal["identity", "grad"]
-LinearRule = Literal["zero", "epsilon", "gamma"]
-AttentionRule = Literal["grad", "ah"]
-GateRule = Literal["half", "grad"]
+from .config import LRPConfig
+from .registry import FAMILIES
 
-
-def _check(field: str, value, allowed_type) -> None:
-    options = get_args(allowed_type)
-    if value not in options:
-        raise ValueError(f"unknown {field} rule {value!r}; valid: {', '.join(options)}")
-
-
-@dataclass(frozen=True)
-class LRPConfig:
-    """Which rule each module type gets. The defaults are the RelP paper's (AH-rule off)."""
-
-    norm: NormRule = "ln"
-    act: ActRule = "identity"
-    linear: LinearRule = "zero"
-    attention: AttentionRule = "grad"
-    gate: GateRule = "half"
-    epsilon: float = 1e-6
-    gamma: float = 0.25
-
-    def __post_init__(self):
-        _check("norm", self.norm, NormRule)
-        _check("act", self.act, ActRule)
-        _check("linear", self.linear, LinearRule)
-        _check("attention", self.attention, AttentionRule)
-        _check("gate", self.gate, GateRule)
-        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise ValueError(f"epsilon must be a positive finite number, got {self.epsilon}")
-        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
-            raise ValueError(f"gamma must be a non-negative finite number, got {self.gamma}")
-
-    @classmethod
-    def gradient(cls) -> LRPConfig:
-        """Every rule off: the backward pass is the plain gradient (RelP then equals AtP)."""
-        return cls(norm="grad", act="grad", linear="zero", attention="grad", gate="grad")
-
-    def with_(self, **changes) -> LRPConfig:
-        return replace(self, **changes)
-
-    @property
-    def is_gradient(self) -> bool:
-        return (self.norm, self.act, self.linear, self.attention, self.gate) == (
-            "grad", "grad", "zero", "grad", "grad"
-        )
-
-
-# One table: the default rules of each family. All families share the RelP paper's choice today; the
-# half-rule only acts where the family has a gated MLP.
-FAMILY_RULES: dict[str, LRPConfig] = {
-    name: LRPConfig() for name in ("gpt_neox", "gpt2", "llama", "qwen2", "gemma2", "gemma3")
-}
+# One table: the default rules of each family, resolved from the family registry.
+FAMILY_RULES: dict[str, LRPConfig] = {name: LRPConfig().resolve(name) for name in FAMILIES}
 
 
 def default_rules(family: str) -> LRPConfig:
-    if family not in FAMILY_RULES:
-        raise ValueError(f"no LRP rule table for family {family!r}; known: {', '.join(FAMILY_RULES)}")
-    return FAMILY_RULES[family]
+    return LRPConfig().resolve(family)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +235,7 @@ def _detached_attention(model) -> Iterator[None]:
 @contextmanager
 def apply_rules(model, config: LRPConfig | None = None) -> Iterator[LRPConfig]:
     """Switch the LRP rules on for forwards run inside the block (``model`` is a featurecircuits Model)."""
-    config = config or default_rules(model.family.name)
+    config = (config or LRPConfig()).resolve(model.family.name)
     forward: dict[nn.Module, Callable] = {}
     with ExitStack() as stack:
         if config.linear != "zero":

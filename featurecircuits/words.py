@@ -1,0 +1,105 @@
+"""Word lists the task generators draw from, and the organism's held-out combinations. Torch-free.
+
+Which list suits a model is decided by its tokenizer (:func:`words_for`): the first list whose every word
+is a single token for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, fields
+from functools import cache
+
+
+@dataclass(frozen=True)
+class WordLists:
+    """Words the generators draw from; every one must be a single token for the target tokenizer."""
+
+    names: tuple[str, ...]
+    places: tuple[str, ...]
+    objects: tuple[str, ...]
+    nouns: tuple[tuple[str, str], ...]  # (singular, plural) subjects
+    attractors: tuple[tuple[str, str], ...]  # (singular, plural) nouns inside prepositional phrases
+    preps: tuple[str, ...]
+    rc_verbs: tuple[tuple[str, str], ...]  # (agrees with singular, agrees with plural): likes/like
+    main_verbs: tuple[tuple[str, str], ...]  # is/are, was/were
+
+
+ORGANISM_WORDS = WordLists(
+    names=("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Kate",
+           "Leo", "Mary", "Nick", "Olivia", "Paul"),
+    places=("store", "park", "school", "office", "garden", "beach", "library", "market"),
+    objects=("book", "ball", "gift", "drink", "key", "letter", "pen", "cake"),
+    nouns=(("athlete", "athletes"), ("manager", "managers"), ("secretary", "secretaries"),
+           ("doctor", "doctors"), ("author", "authors"), ("farmer", "farmers"), ("pilot", "pilots"),
+           ("teacher", "teachers"), ("senator", "senators"), ("dancer", "dancers")),
+    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("house", "houses")),
+    preps=("near", "behind", "beside"),
+    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate"), ("admires", "admire")),
+    main_verbs=(("is", "are"), ("was", "were")),
+)
+
+# Words that are single tokens for the GPT-NeoX (Pythia) tokenizer with a leading space.
+PYTHIA_WORDS = WordLists(
+    names=("John", "Mary", "Tom", "James", "Dan", "Sarah", "Paul", "Mark", "Anna", "Mike", "Lisa", "David"),
+    places=("store", "park", "school", "office", "garden", "beach", "house", "station"),
+    objects=("book", "ball", "gift", "drink", "key", "letter", "ring", "bag"),
+    nouns=(("doctor", "doctors"), ("teacher", "teachers"), ("farmer", "farmers"), ("pilot", "pilots"),
+           ("writer", "writers"), ("manager", "managers"), ("student", "students"), ("officer", "officers")),
+    attractors=(("car", "cars"), ("desk", "desks"), ("tree", "trees"), ("door", "doors")),
+    preps=("near", "behind"),
+    rc_verbs=(("likes", "like"), ("knows", "know"), ("sees", "see"), ("hates", "hate")),
+    main_verbs=(("is", "are"), ("was", "were")),
+)
+
+WORD_LISTS = {"organism": ORGANISM_WORDS, "pythia": PYTHIA_WORDS}
+
+
+_SPLIT_SEED = 20241124
+
+
+@cache
+def heldout_name_pairs() -> tuple[tuple[str, str], ...]:
+    """One unordered name pair in five: never together in a training story."""
+    pairs = list(itertools.combinations(ORGANISM_WORDS.names, 2))
+    random.Random(_SPLIT_SEED).shuffle(pairs)
+    return tuple(sorted(pairs[: len(pairs) // 5]))
+
+
+@cache
+def heldout_noun_pairs(variant: str) -> tuple[tuple[int, int], ...]:
+    """One (subject, second noun) index combination in five, per variant family (pp vs relative clauses)."""
+    if variant == "pp":
+        combos = [(s, a) for s in range(len(ORGANISM_WORDS.nouns)) for a in range(len(ORGANISM_WORDS.attractors))]
+    else:
+        combos = [(s, o) for s in range(len(ORGANISM_WORDS.nouns)) for o in range(len(ORGANISM_WORDS.nouns)) if s != o]
+    random.Random(_SPLIT_SEED + (variant == "pp")).shuffle(combos)
+    return tuple(sorted(combos[: len(combos) // 5]))
+
+
+def all_words(words: WordLists) -> list[str]:
+    out: list[str] = []
+    for f in fields(words):
+        for item in getattr(words, f.name):
+            out += list(item) if isinstance(item, tuple) else [item]
+    return out
+
+
+def fits(words: WordLists, tokenizer) -> bool:
+    """Whether every word (with a leading space) is one known token for ``tokenizer``."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for w in all_words(words):
+        ids = tokenizer.encode(f" {w}", add_special_tokens=False)
+        if len(ids) != 1 or (unk is not None and ids[0] == unk):
+            return False
+    return True
+
+
+def words_for(tokenizer) -> str:
+    """The name of the first word list whose words are all single tokens for ``tokenizer``."""
+    for name, words in WORD_LISTS.items():
+        if fits(words, tokenizer):
+            return name
+    raise ValueError(f"no word list ({', '.join(WORD_LISTS)}) consists of single tokens for this tokenizer; "
+                     "pass a task file instead of a task name")
