@@ -1,37 +1,47 @@
-"""featurecircuits: sparse feature circuits in language models, found fast with Relevance Patching."""
+"""featurecircuits: sparse feature circuits in language models, found fast with Relevance Patching.
 
-from . import fileio, registry, splice, tasks
-from .attribution import Attribution, attribute, pearson
-from .circuit import Circuit, discover
-from .config import AblationConfig, AttributionConfig, LRPConfig
-from .data import Batch, logit_diff, make_batch, single_token
-from .dictionaries import (
-    SAE,
-    Dictionary,
-    DictionarySource,
-    GatedSAE,
-    IdentityDictionary,
-    check_dictionary,
-    decoder_norms,
-    load_dictionaries,
-    load_dictionary,
-    save_dictionary,
-)
-from .evaluation import evaluate, faithfulness_curve
-from .lrp import FAMILY_RULES, apply_rules, default_rules
-from .models import Model, Submodule, load_model
-from .registry import FAMILIES, METHODS
-from .splice import Splice
-from .tasks import Task, load_task, make_task
+The public API is imported lazily (PEP 562): ``import featurecircuits`` and its torch-free modules
+(``registry``, ``config``, ``words``) load without torch, so the command line answers ``--help`` at once.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "fileio", "registry", "splice", "tasks",
-    "AblationConfig", "Circuit", "Task", "discover", "evaluate", "faithfulness_curve", "load_task", "make_task",
-    "FAMILIES", "FAMILY_RULES", "METHODS", "Attribution", "AttributionConfig", "Batch", "LRPConfig",
-    "Model", "Splice", "Submodule", "apply_rules", "attribute", "check_dictionary", "decoder_norms",
-    "default_rules", "load_dictionaries", "load_dictionary", "load_model", "logit_diff", "make_batch",
-    "pearson", "save_dictionary", "single_token", "SAE", "Dictionary", "DictionarySource", "GatedSAE",
-    "IdentityDictionary",
-]
+# public name → module that defines it
+_API = {
+    "Attribution": "attribution", "attribute": "attribution", "pearson": "attribution",
+    "Circuit": "circuit", "discover": "circuit",
+    "AblationConfig": "config", "AttributionConfig": "config", "LRPConfig": "config",
+    "Batch": "data", "logit_diff": "data", "make_batch": "data", "single_token": "data",
+    "SAE": "dictionaries", "Dictionary": "dictionaries", "DictionarySource": "dictionaries", "GatedSAE": "dictionaries",
+    "IdentityDictionary": "dictionaries", "check_dictionary": "dictionaries", "decoder_norms": "dictionaries",
+    "load_dictionaries": "dictionaries", "load_dictionary": "dictionaries", "save_dictionary": "dictionaries",
+    "evaluate": "evaluation", "faithfulness_curve": "evaluation",
+    "FAMILY_RULES": "lrp", "apply_rules": "lrp", "default_rules": "lrp",
+    "Model": "models", "Submodule": "models", "load_model": "models",
+    "FAMILIES": "registry", "METHODS": "registry",
+    "Splice": "splice",
+    "Task": "tasks", "load_task": "tasks", "make_task": "tasks",
+}
+_MODULES = ("fileio", "registry", "splice", "tasks", "models", "dictionaries", "config", "scoring", "evaluation",
+            "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan")
+
+__all__ = sorted({*_API, "fileio", "registry", "splice", "tasks"})
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'featurecircuits' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_API, *_MODULES})
