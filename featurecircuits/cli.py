@@ -7,29 +7,23 @@ import logging
 import sys
 import time
 
-from .config import LRPConfig
-from .registry import METHODS, parse_methods
-from .report import table
 
-
-def _dictionaries_spec(args) -> str:
-    """--dictionaries, or the default for --model (its known dictionary set, else component level)."""
-    from .registry import default_dictionaries
-
-    spec = getattr(args, "dictionaries", None)
-    return spec if spec is not None else default_dictionaries(args.model)
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    sep = "  ".join("-" * widths[c] for c in columns)
+    body = ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([line, sep, *body])
 
 
 def _load(args):
     from .dictionaries import load_dictionaries
     from .models import load_model
-    from .registry import NO_DICTIONARIES
 
     model = load_model(args.model)
     dicts = None
-    spec = _dictionaries_spec(args)
-    if spec != NO_DICTIONARIES:
-        dicts = load_dictionaries(spec, model)
+    if getattr(args, "dictionaries", None) not in (None, "none"):
+        dicts = load_dictionaries(args.dictionaries, model)
     return model, dicts
 
 
@@ -38,14 +32,12 @@ def _task(args, model):
     from pathlib import Path
 
     from .tasks import TASK_NAMES, Task, load_task, make_task, validate
-    from .words import words_for
 
     if Path(args.task).is_file():
         return load_task(args.task, model.tokenizer)
     if args.task in TASK_NAMES:
-        words = words_for(model.tokenizer)
-        task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words),
-                    source={"generator": args.task, "n": args.n_examples, "seed": args.seed, "words": words})
+        words = "organism" if model.name == "organism" else "pythia"
+        task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words))
         validate(task, model.tokenizer, source=f"generated {args.task}")
         return task
     raise ValueError(f"task {args.task!r} is neither a file nor one of {', '.join(TASK_NAMES)}")
@@ -57,9 +49,10 @@ def cmd_discover(args) -> int:
 
     model, dicts = _load(args)
     start = time.perf_counter()
-    circuit = discover(model, dicts, _task(args, model), config=_attribution(args), node_threshold=args.node_threshold,
+    circuit = discover(model, dicts, _task(args, model), method=args.method, node_threshold=args.node_threshold,
                        edge_threshold=args.edge_threshold, top_k=args.top_k, aggregation=args.aggregation,
-                       n_examples=args.n_examples, batch_size=args.batch_size, progress=True)
+                       n_examples=args.n_examples, batch_size=args.batch_size, ig_steps=args.ig_steps,
+                       direction=args.direction, progress=True)
     circuit.to_json(args.out)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges in {time.perf_counter() - start:.1f} s → {args.out}")
     if args.html:
@@ -68,15 +61,8 @@ def cmd_discover(args) -> int:
     return 0
 
 
-def _attribution(args, method: str | None = None):
-    from .config import AttributionConfig
-
-    return AttributionConfig(method=method or getattr(args, "method", "relp"), direction=args.direction,
-                             lrp=args.rules, ig_steps=args.ig_steps)
-
-
 def _ablation(args):
-    from .config import AblationConfig
+    from .evaluation import AblationConfig
 
     return AblationConfig(ablation=args.ablation, errors=args.errors, start_layer=args.start_layer,
                           include_embed=not args.no_embed)
@@ -97,7 +83,7 @@ def cmd_evaluate(args) -> int:
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",
            "completeness": f"{result.completeness:.3f}", "m(C)": f"{result.m_circuit:.3f}",
            "m(empty)": f"{result.m_empty:.3f}", "m(M)": f"{result.m_full:.3f}"}
-    print(table([row], list(row)))
+    print(_table([row], list(row)))
     if args.out:
         atomic_write_text(args.out, json.dumps(asdict(result), indent=1))
     return 0
@@ -112,13 +98,13 @@ def cmd_curve(args) -> int:
 
     model, dicts = _load(args)
     thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    curve = faithfulness_curve(model, dicts, _task(args, model), methods=args.methods,
-                               attribution=_attribution(args, args.methods[0]), thresholds=thresholds,
-                               relative=not args.absolute, config=_ablation(args), n_examples=args.n_examples,
-                               batch_size=args.batch_size, progress=True)
+    curve = faithfulness_curve(model, dicts, _task(args, model), methods=args.methods.split(","),
+                               thresholds=thresholds, relative=not args.absolute, config=_ablation(args),
+                               n_examples=args.n_examples, batch_size=args.batch_size, ig_steps=args.ig_steps,
+                               progress=True)
     rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
              "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
-    print(table(rows, list(rows[0])))
+    print(_table(rows, list(rows[0])))
     atomic_write_text(args.out, json.dumps(curve.to_dict(), indent=1))
     if args.html:
         write_html(curve_figure(curve), args.html)
@@ -170,8 +156,8 @@ def cmd_compare(args) -> int:
     model = load_model(args.model)
     task = _task(args, model)
     batches = task.batches(model.tokenizer, args.batch_size, n=args.n_examples)
-    comp = compare(model, batches, methods=args.methods, normalized=args.normalized, task_name=task.name,
-                   attribution=_attribution(args, args.methods[0]), progress=True)
+    comp = compare(model, batches, methods=args.methods.split(","), normalized=args.normalized,
+                   task_name=task.name, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.json", json.dumps(comp.to_dict(), indent=1))
@@ -179,7 +165,7 @@ def cmd_compare(args) -> int:
     rows = [{"component": kind, **{f"PCC {m}": f"{comp.pcc[m][kind]:.3f}" for m in comp.methods}}
             for kind in ("resid", "attn", "mlp")]
     print(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: Pearson correlation with activation patching\n")
-    print(table(rows, list(rows[0])))
+    print(_table(rows, list(rows[0])))
     print("\nThe RelP paper's Table 5 (IOI): " + "; ".join(
         f"{name} {kind} AtP {v['atp']:.3f} / RelP {v['relp']:.3f}"
         for name, kinds in PAPER_TABLE5.items() for kind, v in kinds.items()))
@@ -228,41 +214,8 @@ def cmd_organism_card(args) -> int:
     rows = [{"task": t, "group": g, "acc clean": f"{r['acc_clean']:.1%}", "LD clean": f"{r['ld_clean']:.2f}",
              "acc patch": f"{r['acc_patch']:.1%}", "LD patch": f"{r['ld_patch']:.2f}"}
             for t, groups in figures["tasks"].items() for g, r in groups.items()]
-    print(table(rows, list(rows[0])))
+    print(_table(rows, list(rows[0])))
     print(f"card written to {model_dir}/README.md")
-    return 0
-
-
-def cmd_plan(args) -> int:
-    import json
-    import re
-
-    from .plan import dictionary_widths, plan
-
-    if args.dictionaries and args.width:
-        raise ValueError("give --dictionaries (widths read from their config.json files) or --width, not both")
-    widths = None
-    if args.dictionaries:
-        widths = dictionary_widths(args.dictionaries)
-    elif args.width:
-        if args.width < 1:
-            raise ValueError(f"--width must be positive, got {args.width}")
-        widths = args.width
-    if widths is not None and args.submodules:
-        names = [n.strip() for n in args.submodules.split(",") if n.strip()]
-        if isinstance(widths, int):
-            widths = dict.fromkeys(names, widths)
-        else:
-            unknown = [n for n in names if n not in widths]
-            if unknown:
-                raise ValueError(f"no dictionary for {', '.join(unknown)}; found: {', '.join(widths)}")
-            widths = {n: widths[n] for n in names}
-    if isinstance(widths, dict):
-        odd = [n for n in widths if not re.fullmatch(r"embed|(attn|mlp|resid)_\d+", n)]
-        if odd:
-            raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, attn_L, mlp_L, resid_L)")
-    p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype)
-    print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0
 
 
@@ -285,10 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, *, task=True):
         p.add_argument("--model", default="organism", help="'organism', a local directory or a hub id")
-        p.add_argument("--dictionaries", default=None,
-                       help="dictionary root ('organism', a folder, a published name or hub repo id), 'neurons' "
-                            "(identity baseline) or 'none' (component level); default: the set known for --model "
-                            "(organism → organism, EleutherAI/pythia-70m-deduped → pythia-70m-deduped), else none")
+        p.add_argument("--dictionaries", default="organism",
+                       help="dictionary root ('organism', a folder, a hub repo id), 'neurons' (identity "
+                            "baseline) or 'none'")
         if task:
             p.add_argument("--task", required=True, help="a JSONL file or a task name (ioi, sva-rc, ...)")
             p.add_argument("--n-examples", type=int, default=100)
@@ -301,14 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--start-layer", type=int, default=0)
         p.add_argument("--no-embed", action="store_true", help="never ablate the embedding")
 
-    def attribution(p, *, direction=True):
-        p.add_argument("--rules", type=LRPConfig.parse, default=LRPConfig(),
-                       help="LRP rules for relp: default (the family's), gradient, paper, then key=value overrides, "
-                            "e.g. 'attention=ah' or 'gradient,gate=half' (keys: norm, act, linear, attention, gate, "
-                            "epsilon, gamma)")
-        p.add_argument("--ig-steps", type=int, default=10, help="integrated-gradients steps")
-        if direction:
-            p.add_argument("--direction", choices=["noising", "denoising"], default="noising")
+    from .attribution import METHODS
 
     disc = sub.add_parser("discover", help="find a circuit and save it as JSON (and HTML)")
     common(disc)
@@ -317,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--edge-threshold", type=float, default=0.01)
     disc.add_argument("--top-k", type=int)
     disc.add_argument("--aggregation", choices=["sum", "none"], default="sum")
-    attribution(disc)
+    disc.add_argument("--ig-steps", type=int, default=10)
+    disc.add_argument("--direction", choices=["noising", "denoising"], default="noising")
     disc.add_argument("--out", required=True, help="circuit JSON file")
     disc.add_argument("--html", help="also write the interactive graph here")
     disc.set_defaults(func=cmd_discover)
@@ -332,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     cur = sub.add_parser("curve", help="faithfulness vs circuit size for several methods")
     common(cur)
     ablation(cur)
-    cur.add_argument("--methods", type=parse_methods, default="relp,ig,atp", help="comma-separated methods")
+    cur.add_argument("--methods", default="relp,ig,atp")
     cur.add_argument("--thresholds", help="comma-separated; default logspace(-4, 0, 15) × the largest score")
     cur.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
-    attribution(cur)
+    cur.add_argument("--ig-steps", type=int, default=10)
     cur.add_argument("--out", required=True, help="curve JSON file")
     cur.add_argument("--html", help="also write the plot here")
     cur.set_defaults(func=cmd_curve)
@@ -346,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--n", dest="n_examples", type=int, default=100, help="number of pairs")
     cmp.add_argument("--batch-size", type=int, default=25)
     cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--methods", type=parse_methods, default="atp,relp", help="methods compared with AP")
-    attribution(cmp)
+    cmp.add_argument("--methods", default="atp,relp")
     cmp.add_argument("--normalized", action="store_true",
                      help="metric (LD − LD_patch)/(LD_clean − LD_patch) instead of the logit difference")
     cmp.add_argument("--out", required=True, help="folder for comparison.json and comparison.html")
@@ -376,19 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--slug", help="the graph's name (default model-task-method-exN)")
     exp.add_argument("--edge-threshold", type=float, help="keep links with |weight| ≥ this (default: the circuit's)")
     exp.set_defaults(func=cmd_export)
-
-    pl = sub.add_parser("plan", help="estimate peak memory from shapes alone (no weights loaded)")
-    pl.add_argument("--model", required=True,
-                    help="a hub id, a local model folder, a config.json file, or 'organism' (config only)")
-    pl.add_argument("--dictionaries", help="dictionary root: widths come from its config.json files")
-    pl.add_argument("--width", type=int, help="one dictionary width for every submodule (instead of --dictionaries)")
-    pl.add_argument("--submodules", help="comma-separated submodules with dictionaries (default: all)")
-    pl.add_argument("--batch", type=int, required=True, help="prompt pairs per attribution call")
-    pl.add_argument("--tokens", type=int, required=True, help="tokens per prompt")
-    pl.add_argument("--method", choices=["atp", "relp"], default="relp")
-    pl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    pl.set_defaults(func=cmd_plan)
 
     from .tasks import TASK_NAMES, WORD_LISTS
 

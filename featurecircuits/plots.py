@@ -307,7 +307,8 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
         xaxis.update(showticklabels=False, title={"text": "nodes of a row ordered by |score|, largest left"})
     else:
         examples = _example_tokens(circuit, tokens)
-        xaxis.update(tickvals=centers, range=[-1, centers[-1] + 3], ticktext=_column_labels(n_pos, examples, example), tickangle=0,
+        xaxis.update(tickvals=centers, range=[-1, centers[-1] + 3], tickangle=0,
+                     ticktext=_column_labels(n_pos, examples, example),
                      title={"text": "token position" + ("" if examples else " (no example tokens recorded)")},
                      showgrid=False)
     fig = go.Figure(traces)
@@ -385,7 +386,8 @@ section.on{display:block}
 # Wires a circuit figure: the edge slider (strongest k edges), a click on a node shows only its edges and
 # a panel with its details; everything reads the figure's layout.meta.featurecircuits.
 _JS = r"""
-function fcEsc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));}
+const FC_ENT = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'};
+function fcEsc(s){ return String(s).replace(/[&<>"']/g, c => FC_ENT[c]); }
 function fcWire(div, sec){
   const fc = (div.layout.meta || {}).featurecircuits; if(!fc) return;
   const nb = fc.buckets.length, E = fc.edges, ids = fc.ids;
@@ -393,7 +395,11 @@ function fcWire(div, sec){
   const panel = sec.querySelector('.panel'), reset = sec.querySelector('.reset');
   let k = fc.shown, sel = null, dimmed = false;
   slider.max = E.length; slider.value = k;
-  function bucket(w){const r=Math.abs(w)/fc.weight_scale; for(let i=0;i<nb;i++){if(r<fc.buckets[i]) return i;} return nb-1;}
+  function bucket(w){
+    const r = Math.abs(w) / fc.weight_scale;
+    for(let i = 0; i < nb; i++){ if(r < fc.buckets[i]) return i; }
+    return nb - 1;
+  }
   function redraw(labelOnly){
     const xs=[], ys=[]; for(let b=0;b<2*nb;b++){xs.push([]); ys.push([]);}
     let n=0;
@@ -409,7 +415,8 @@ function fcWire(div, sec){
       const near = new Set([sel]); for(const e of E){ if(e[0]===sel) near.add(e[1]); if(e[1]===sel) near.add(e[0]); }
       op = ids.map((_, i) => near.has(i) ? 1 : 0.15);
     }
-    if(!labelOnly && (op !== null || dimmed)) Plotly.restyle(div, {'marker.opacity': [op===null ? 1 : op]}, [fc.node_trace]);
+    if(!labelOnly && (op !== null || dimmed))
+      Plotly.restyle(div, {'marker.opacity': [op===null ? 1 : op]}, [fc.node_trace]);
     dimmed = op !== null;
     const t = k>0 && k<=E.length ? Math.abs(E[k-1][2]) : 0;
     label.textContent = sel===null
@@ -418,7 +425,8 @@ function fcWire(div, sec){
   }
   function showPanel(i){
     const rows = E.filter(e => e[0]===i || e[1]===i).slice(0, 40).map(e =>
-      `<tr><td>${e[0]===i ? '→ ' + fcEsc(ids[e[1]]) : '← ' + fcEsc(ids[e[0]])}</td><td>${e[2].toPrecision(3)}</td></tr>`);
+      `<tr><td>${e[0]===i ? '→ ' + fcEsc(ids[e[1]]) : '← ' + fcEsc(ids[e[0]])}</td>` +
+      `<td>${e[2].toPrecision(3)}</td></tr>`);
     const hover = div.data[fc.node_trace].hovertext[i];
     panel.innerHTML = `<div>${hover}</div><p><b>edges</b> (strongest first)</p><table>${rows.join('')}</table>`;
     panel.style.display = 'block';

@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import random_batch, random_dictionaries, tiny_model
 
-from featurecircuits.circuit import METRIC_NODE, Circuit, discover
+from featurecircuits.circuit import METRIC_NODE, Circuit, discover, parse_node_id
 from featurecircuits.cli import main
 from featurecircuits.evaluation import faithfulness_curve
 from featurecircuits.models import ORGANISM_DIR
@@ -56,6 +56,76 @@ def test_graph_has_one_marker_per_node_and_escapes_strings(tmp_path):
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;" in text
     assert "&lt;b&gt;user title&lt;" in text and "<b>user title" not in text
     assert_offline(text)
+
+
+def test_rows_in_execution_order_labels_shapes_and_token_columns():
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    c = discover(model, dicts, [random_batch()], top_k=40, edge_threshold=0.001, aggregation="none")
+    assert any("/f" in n for n in c.nodes) and any("/err" in n for n in c.nodes)
+    rows = submodule_rows(c)
+    assert rows[:4] == ["embed", "attn_0", "mlp_0", "resid_0"] and rows[-1] == "resid_1"  # resid_l above attn/mlp
+    fig = circuit_figure(c, tokens=["<i>", "b", "c", "d", "e", "f"], label_top=5)
+    nodes = next(t for t in fig.data if t.name == "nodes")
+    y_of = dict(zip(nodes.customdata, nodes.y, strict=True))
+    for n in c.nodes:  # each node sits in its submodule's row band
+        assert abs(y_of[n] - rows.index(parse_node_id(n)[0])) <= 0.31
+    assert list(fig.layout.yaxis.ticktext[:4]) == ["embed", "attn_0", "mlp_0", "resid_0"]
+    labels = {n: t for n, t in zip(nodes.customdata, nodes.text, strict=True) if t}
+    assert set(labels) == set(c.top(5))
+    for n, t in labels.items():
+        assert t == ("ε" if "/err" in n else f"f{parse_node_id(n)[2]}")
+    symbols = dict(zip(nodes.customdata, nodes.marker.symbol, strict=True))
+    assert {symbols[n] for n in c.nodes if "/err" in n} == {"triangle-up"} and symbols[METRIC_NODE] == "diamond"
+    assert {symbols[n] for n in c.nodes if "/f" in n} == {"circle"}
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert len(ticks) == 6 and ticks[0].startswith("&lt;i&gt;") and ticks[1].startswith("b")
+    # examples whose tokens differ at a position: "pos k" there
+    ticks = list(circuit_figure(c, tokens=[list("abcdef"), list("abXdef")]).layout.xaxis.ticktext)
+    assert ticks[2].startswith("pos 2") and ticks[3].startswith("d")
+    assert any("resid" in str(t.name) or "feature" in str(t.name) for t in fig.data if t.showlegend is not False)
+
+
+def test_one_page_many_figures_shared_scale_and_size(tmp_path):
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch()
+    small = discover(model, dicts, [batch], top_k=5, edge_threshold=0.0)
+    big = discover(model, dicts, [batch], top_k=40, edge_threshold=0.0)
+    path = circuits_page({"small": small, "big": big}, tmp_path / "p.html", title="run <1>")
+    text = path.read_text()
+    assert_offline(text)  # one copy of plotly.js for both figures
+    figures = json.loads(re.search(r"const FC_FIGURES = (\[.*?\]);\n", text, re.S).group(1).replace("<\\/", "</"))
+    assert len(figures) == 2
+    cmax = [f["data"][8]["marker"]["cmax"] for f in figures]  # the node trace follows the 8 edge traces
+    assert cmax[0] == cmax[1] == max(abs(big.score(n)) for n in big.nodes)  # one colour scale for the run
+    assert "run &lt;1&gt;" in text and "<title>run <1>" not in text
+    for f, c in zip(figures, (small, big), strict=True):
+        fc_meta = f["layout"]["meta"]["featurecircuits"]
+        assert len(fc_meta["edges"]) == c.n_edges and len(fc_meta["ids"]) == len(c) + 1
+        assert f"{len(c)} nodes, {c.n_edges} edges" in f["layout"]["title"]["text"]
+
+
+def test_a_large_circuit_page_stays_small(tmp_path):
+    """1,000 nodes and 10,000 edges: a page of at most 10 MB (plotly.js is 4.8 MB of it)."""
+    import random
+
+    import networkx as nx
+
+    rng = random.Random(0)
+    subs = ["embed"] + [f"{k}_{l}" for l in range(6) for k in ("attn", "mlp", "resid")]
+    g = nx.DiGraph()
+    g.add_node(METRIC_NODE, kind="metric", score=1.0)
+    names = [f"{rng.choice(subs)}/f{i}" for i in range(1000)]
+    for n in names:
+        g.add_node(n, kind="feature", score=rng.gauss(0, 1), mean_activation=1.0, top_contexts=["a [b] (1.0)"])
+    while g.number_of_edges() < 10_000:
+        u, v = rng.sample(names, 2)
+        g.add_edge(u, v, weight=rng.gauss(0, 1))
+    c = Circuit(g, {"model": "synthetic", "method": "relp", "submodules": subs})
+    path = write_html(circuit_figure(c), tmp_path / "big.html")
+    assert path.stat().st_size <= 10 * 2**20
+    assert_offline(path.read_text())
 
 
 def test_curve_figure_has_a_line_per_method():

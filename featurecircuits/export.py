@@ -1,0 +1,376 @@
+"""Export a circuit as the attribution-graph JSON that circuit-tracer's local viewer serves and
+Neuronpedia accepts.
+
+Attribution graphs are per prompt, so one example of the circuit's task is exported (chosen by its
+index in the task's examples, in file order) with positions kept: its nodes are the circuit's nodes
+(every position where the node's submodule and feature scored non-zero on that example), its scores and
+edge weights come from scoring that one example with the circuit's method.
+
+The file (``DIR/<slug>.json``) holds
+
+- ``metadata``: ``slug``, ``scan`` (the model), ``transcoder_list`` (dictionary sources),
+  ``prompt_tokens``, ``prompt``, ``node_threshold``, ``schema_version``, ``info`` (who generated it) and a
+  ``featurecircuits`` block (method, direction, answers, the layer and feature encodings below, …);
+- ``qParams``: the viewer's saved state (nothing pinned);
+- ``nodes``: ``node_id``, ``feature``, ``layer``, ``ctx_idx``, ``feature_type``, ``jsNodeId``, ``clerp``,
+  ``token_prob``, ``is_target_logit``, ``run_idx``, ``reverse_ctx_idx``, ``influence``, ``activation``,
+  plus our ``fc_id`` (the featurecircuits node id), ``fc_score`` (its score on this example) and
+  ``fc_circuit_score`` (its score in the circuit, when the circuit has it);
+- ``links``: ``source``, ``target`` (node ids) and ``weight``.
+
+Encodings (``metadata.featurecircuits`` records them):
+
+- ``layer``: the submodule's row in execution order — ``embed`` 0, then per layer l ``attn_l`` 3l+1,
+  ``mlp_l`` 3l+2, ``resid_l`` 3l+3 (the model's submodules in order, so other layouts number the same
+  way); token embeddings are ``"E"`` and the metric's logit node is one row above the last submodule.
+- ``feature``: ``layer * feature_stride + index`` for a dictionary feature (``feature_stride`` = the
+  largest dictionary width), ``-1`` for an error term, ``-2`` for a component without a dictionary, the
+  position for a token, the clean answer's token id for the logit node.
+- ``node_id``: ``{layer}_{index}_{position}`` for features (index -1 for errors, -2 for components),
+  ``E_{token id}_{position}`` for tokens, ``{layer}_{clean answer id}_{last position}`` for the logit.
+- ``feature_type``: ``"sparse autoencoder"`` (features), ``"<kind> reconstruction error"`` (errors),
+  ``"<kind> component"``, ``"embedding"`` (tokens), ``"logit"`` (the metric).
+
+Our metric is a logit *difference*: it is one logit node, labelled with both answers and marked as the
+target. Edges into it come from the last submodule's nodes with weight = their score (as in our
+circuits); token nodes link to the embed row's nodes at their position with weight = those nodes' score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+from .circuit import METRIC_NODE, Circuit, parse_node_id
+from .fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("attribution-graph",)
+SCHEMA_VERSION = 1
+# The fields the viewer reads, with their JSON types (see tests/test_export.py for the schema check).
+METADATA_FIELDS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str}
+QPARAMS_FIELDS = {"pinnedIds": list, "supernodes": list, "linkType": str, "clickedId": str, "sg_pos": str}
+NODE_FIELDS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+               "jsNodeId": str, "clerp": str, "token_prob": float, "is_target_logit": bool, "run_idx": int,
+               "reverse_ctx_idx": int}
+LINK_FIELDS = {"source": str, "target": str, "weight": float}
+
+
+# -- what the circuit's metadata says ----------------------------------------------------------------
+
+def _task_spec(meta: dict) -> dict:
+    """The circuit metadata's ``task`` as a dict: ``name`` (or ``generator``), ``n``, ``seed``, ``words``,
+    ``file`` (or ``path``)."""
+    task = meta.get("task")
+    if isinstance(task, str):
+        return {"file": task} if Path(task).suffix == ".jsonl" else {"name": task}
+    return dict(task) if isinstance(task, dict) else {}
+
+
+def dictionaries_spec(meta: dict) -> str | None:
+    """What to pass to ``load_dictionaries`` for the circuit, from its metadata (``dictionaries``, or
+    ``dictionary_sources`` as a string or a dict with ``spec``/``root``); None when unknown."""
+    for key in ("dictionaries", "dictionary_sources"):
+        value = meta.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict):
+            for sub in ("spec", "root", "name"):
+                if isinstance(value.get(sub), str):
+                    return value[sub]
+    if not meta.get("dictionary_sizes"):
+        return "none" if "dictionary_sizes" in meta else None
+    return "organism" if meta.get("model") == "organism" else None
+
+
+def _transcoder_list(meta: dict, dictionaries: str | None) -> list[str]:
+    sources = meta.get("dictionary_sources")
+    if isinstance(sources, dict):
+        return [f"{k}: {v if isinstance(v, str) else json.dumps(v, sort_keys=True)}" for k, v in sources.items()]
+    if isinstance(sources, list):
+        return [str(s) for s in sources]
+    return [str(dictionaries)] if dictionaries and dictionaries != "none" else []
+
+
+def load_example(task_spec: dict | str, model, index: int):
+    """The ``index``-th example (file order) of a task given as a JSONL file or a generator spec."""
+    from .tasks import load_task, make_task
+
+    spec = _task_spec({"task": task_spec}) if isinstance(task_spec, str) else dict(task_spec)
+    path = spec.get("file") or spec.get("path")
+    if path and Path(path).is_file():
+        examples = load_task(path, model.tokenizer).examples
+    else:
+        name = spec.get("name") or spec.get("generator")
+        if not name:
+            raise ValueError("the circuit's metadata names no task; pass --task (a JSONL file or a task name)")
+        words = spec.get("words") or ("organism" if model.name == "organism" else "pythia")
+        examples = make_task(name, int(spec.get("n") or max(100, index + 1)), seed=int(spec.get("seed") or 0),
+                             words=words)
+    if not 0 <= index < len(examples):
+        raise ValueError(f"example {index} does not exist: the task has {len(examples)} examples (0 to "
+                         f"{len(examples) - 1})")
+    return examples[index]
+
+
+# -- scoring one example ------------------------------------------------------------------------------
+
+def _discover_options(meta: dict) -> dict:
+    """The circuit's method settings, as keyword arguments of this featurecircuits' ``discover``."""
+    from . import circuit as circuit_module
+
+    params = inspect.signature(circuit_module.discover).parameters
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    method = meta.get("method") or config.get("method") or "relp"
+    if "config" in params and config:
+        from . import AttributionConfig
+
+        if hasattr(AttributionConfig, "from_dict"):
+            return {"config": AttributionConfig.from_dict(config)}
+        names = {f.name for f in dataclasses.fields(AttributionConfig)}
+        return {"config": AttributionConfig(**{k: v for k, v in config.items() if k in names})}
+    opts = {"method": method} if "method" in params else {}
+    for key in ("direction", "ig_steps"):
+        if key in params and meta.get(key) is not None:
+            opts[key] = meta[key]
+    if "lrp" in params and isinstance(meta.get("lrp"), dict) and method == "relp":
+        from . import LRPConfig
+
+        names = {f.name for f in dataclasses.fields(LRPConfig)}
+        opts["lrp"] = LRPConfig(**{k: v for k, v in meta["lrp"].items() if k in names})
+    return opts
+
+
+def _key(node: str, positional: bool):
+    sub, part, feat, pos = parse_node_id(node)
+    return (sub, part, feat, pos) if positional else (sub, part, feat)
+
+
+def example_circuit(model, dictionaries, circuit: Circuit, batch, *, edge_threshold: float | None = None) -> Circuit:
+    """The circuit's nodes on one example (a one-example Batch), positions kept, with scores and the
+    edges among them with |weight| ≥ ``edge_threshold`` (default the circuit's; 0 keeps every edge),
+    scored with the circuit's method.
+
+    ``discover`` cannot be told which nodes to keep, so the example is scored twice with it: once
+    without edges, to rank every node that scores non-zero, then with edges for the top k, k just large
+    enough to hold every node that matches the circuit (its submodule and feature, and its position
+    when the circuit keeps positions). Edge weights do not depend on which other nodes are selected, so
+    this gives exactly the edges among the circuit's nodes. Nodes that score zero on the example are
+    left out."""
+    from .circuit import discover
+
+    meta = circuit.metadata
+    positional = meta.get("aggregation") == "none" and batch.n_tokens in (meta.get("token_lengths") or [])
+    wanted = {_key(n, positional) for n in circuit.nodes}
+    if edge_threshold is None:
+        edge_threshold = float(meta.get("edge_threshold") or 0.0)
+    opts = dict(_discover_options(meta), aggregation="none", node_threshold=0.0, edge_threshold=edge_threshold)
+    if "n_examples" in inspect.signature(discover).parameters:
+        opts["n_examples"] = None
+    everything = discover(model, dictionaries, [batch], top_k=10**12, edges=False, **opts)
+    ranked = everything.top(len(everything))  # the order discover's top_k uses
+    last = max((i for i, n in enumerate(ranked) if _key(n, positional) in wanted), default=-1)
+    if last < 0:
+        raise ValueError("none of the circuit's nodes scores non-zero on this example")
+    scored = discover(model, dictionaries, [batch], top_k=last + 1, edges=True, **opts)
+    keep = [n for n in scored.nodes if _key(n, positional) in wanted]
+    return Circuit(scored.graph.subgraph([*keep, METRIC_NODE]).copy(), dict(scored.metadata))
+
+
+# -- the format ---------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "circuit"
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    """A token as the viewer shows it: decoded, with spaces and newlines made visible (escaped later by
+    the viewer; nothing here is HTML)."""
+    text = tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
+    return text.replace("\n", "⏎").replace(" ", "␣") if text.strip() == "" else text
+
+
+def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_ids: list[int],
+                      prompt_tokens: list[str], clean_answer: tuple[int, str], patch_answer: tuple[int, str],
+                      slug: str, scan: str, transcoder_list: list[str] | None = None,
+                      token_prob: float = 0.0, circuit_scores: dict[str, float] | None = None,
+                      info: dict | None = None) -> dict:
+    """The attribution-graph dict of a positional circuit ``graph`` (one example's scores and edges).
+
+    ``rows``: submodule names in execution order (the ``layer`` numbering); ``prompt_ids``/
+    ``prompt_tokens``: the example's clean prompt; ``clean_answer``/``patch_answer``: (token id, text);
+    ``circuit_scores``: the source circuit's score per node id (written as ``fc_circuit_score``)."""
+    row = {name: i for i, name in enumerate(rows)}
+    n_pos = len(prompt_ids)
+    sizes = graph.metadata.get("dictionary_sizes") or {}
+    stride = max([int(v) for v in sizes.values()] or [1])
+    logit_layer = len(rows)
+    last = n_pos - 1
+    nodes: list[dict] = []
+    ids: dict[str, str] = {}
+
+    def add(fc_id, node_id, *, feature, layer, ctx, ftype, clerp, score=None, **extra):
+        entry = {"node_id": node_id, "feature": int(feature), "layer": str(layer), "ctx_idx": int(ctx),
+                 "feature_type": ftype, "token_prob": 0.0, "is_target_logit": False, "run_idx": 0,
+                 "reverse_ctx_idx": int(n_pos - 1 - ctx), "jsNodeId": node_id.replace("_", "-"),
+                 "clerp": clerp, "influence": None, "activation": None, "fc_id": fc_id, "fc_score": score}
+        entry.update(extra)
+        nodes.append(entry)
+        if fc_id is not None:
+            ids[fc_id] = node_id
+        return entry
+
+    for pos, (tid, tok) in enumerate(zip(prompt_ids, prompt_tokens, strict=True)):
+        add(None, f"E_{tid}_{pos}", feature=pos, layer="E", ctx=pos, ftype="embedding", clerp=tok)
+    for n in graph.nodes:
+        sub, part, feat, pos = parse_node_id(n)
+        if pos is None:
+            raise ValueError(f"node {n!r} has no position: export a circuit scored with aggregation 'none'")
+        a = graph.graph.nodes[n]
+        kind = sub.split("_")[0]
+        layer = row[sub]
+        extra = {"fc_circuit_score": (circuit_scores or {}).get(n)}
+        if a.get("mean_activation") is not None:
+            extra["fc_mean_activation"] = a["mean_activation"]
+        if part == "err":
+            add(n, f"{layer}_-1_{pos}", feature=-1, layer=layer, ctx=pos, ftype=f"{kind} reconstruction error",
+                clerp=f"{sub} error term (x − x̂) at “{prompt_tokens[pos]}”", score=a["score"], **extra)
+        elif feat is None:
+            add(n, f"{layer}_-2_{pos}", feature=-2, layer=layer, ctx=pos, ftype=f"{kind} component",
+                clerp=f"{sub} output at “{prompt_tokens[pos]}”", score=a["score"], **extra)
+        else:
+            contexts = a.get("top_contexts") or []
+            clerp = f"{sub}/f{feat}" + (f": fires on {contexts[0]}" if contexts else "")
+            add(n, f"{layer}_{feat}_{pos}", feature=layer * stride + feat, layer=layer, ctx=pos,
+                ftype="sparse autoencoder", clerp=clerp, score=a["score"], **extra)
+    metric = graph.graph.nodes[METRIC_NODE]
+    (cid, ctext), (pid, ptext) = clean_answer, patch_answer
+    logit = add(METRIC_NODE, f"{logit_layer}_{cid}_{last}", feature=cid, layer=logit_layer, ctx=last,
+                ftype="logit", clerp=f"logit “{ctext}” − logit “{ptext}” (logit difference)",
+                score=metric.get("score"), is_target_logit=True, token_prob=float(token_prob),
+                fc_patch_answer_id=int(pid))
+    links = [{"source": ids[u], "target": ids[v], "weight": float(w)} for u, v, w in graph.graph.edges(data="weight")]
+    for n in graph.nodes:  # tokens feed the embed row's nodes at their position
+        sub, _, _, pos = parse_node_id(n)
+        if row[sub] == 0:
+            links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n],
+                          "weight": float(graph.score(n))})
+    for link in links:
+        if not math.isfinite(link["weight"]):
+            raise ValueError(f"edge {link['source']} → {link['target']} has a non-finite weight")
+    meta = graph.metadata
+    fc_meta = {
+        "model": meta.get("model"), "method": meta.get("method"), "direction": meta.get("direction"),
+        "metric": meta.get("metric"), "clean_answer": ctext, "patch_answer": ptext,
+        "clean_answer_id": int(cid), "patch_answer_id": int(pid), "metric_base": meta.get("metric_base"),
+        "metric_source": meta.get("metric_source"), "layer_rows": {str(i): r for i, r in enumerate(rows)},
+        "logit_layer": logit_layer, "feature_stride": stride, "n_nodes": len(graph), "n_edges": graph.n_edges,
+    }
+    metadata = {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
+                "prompt_tokens": list(prompt_tokens), "prompt": prompt,
+                "node_threshold": meta.get("node_threshold"), "schema_version": SCHEMA_VERSION,
+                "info": info or {"generator": {"name": "featurecircuits"}}, "featurecircuits": fc_meta}
+    return {"metadata": metadata,
+            "qParams": {"pinnedIds": [logit["node_id"]], "supernodes": [], "linkType": "both", "clickedId": "",
+                        "sg_pos": ""},
+            "nodes": nodes, "links": links}
+
+
+def read_scores(data: dict) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Back from an exported graph: our node ids' scores and the weights of edges between them."""
+    by_id = {n["node_id"]: n.get("fc_id") for n in data["nodes"]}
+    scores = {n["fc_id"]: n["fc_score"] for n in data["nodes"] if n.get("fc_id") is not None}
+    weights = {(by_id[e["source"]], by_id[e["target"]]): e["weight"] for e in data["links"]
+               if by_id.get(e["source"]) is not None and by_id.get(e["target"]) is not None}
+    return scores, weights
+
+
+def write_graph_files(data: dict, out: str | Path) -> Path:
+    """``DIR/<slug>.json`` and the ``DIR/graph-metadata.json`` index the local viewer lists graphs from
+    (``{"graphs": [metadata, ...]}``, one entry per slug, replaced when written again)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = data["metadata"]["slug"]
+    path = out / f"{slug}.json"
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    index_path = out / "graph-metadata.json"
+    index = {"graphs": []}
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{index_path} is not valid JSON ({exc.msg}); move it away and export again") from exc
+    entry = {k: v for k, v in data["metadata"].items() if k != "featurecircuits"}
+    index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != slug] + [entry]
+    atomic_write_text(index_path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int = 0, model=None,
+                             dictionaries="auto", task=None, slug: str | None = None,
+                             edge_threshold: float | None = None) -> Path:
+    """Export ``circuit`` on one example of its task to ``out`` (see the module docstring).
+
+    ``model``: a loaded model or a spec for ``load_model`` (default the circuit's ``model``);
+    ``dictionaries``: loaded dictionaries, a spec, or "auto" (from the circuit's metadata);
+    ``task``: a JSONL path, a task name or a generator dict (default the circuit's ``task``);
+    ``edge_threshold``: keep edges with |weight| ≥ this on the example (default the circuit's)."""
+    import torch
+
+    from .data import make_batch
+    from .models import load_model
+
+    meta = circuit.metadata
+    if model is None or isinstance(model, str):
+        spec = model or meta.get("model")
+        if not spec:
+            raise ValueError("the circuit's metadata names no model; pass --model")
+        model = load_model(spec)
+    circuit.check_model(model)
+    if isinstance(dictionaries, str):
+        spec = dictionaries_spec(meta) if dictionaries == "auto" else dictionaries
+        if spec is None:
+            raise ValueError("the circuit's metadata does not say which dictionaries it used; pass --dictionaries")
+        from .dictionaries import load_dictionaries
+
+        dict_spec, dictionaries = spec, (None if spec == "none" else load_dictionaries(spec, model))
+    else:
+        dict_spec = meta.get("dictionaries") or "given"
+    task_spec = task if task is not None else _task_spec(meta)
+    ex = load_example(task_spec, model, example)
+    tok = model.tokenizer
+    batch = make_batch(tok, [ex["clean_prefix"]], [ex["patch_prefix"]], [ex["clean_answer"]], [ex["patch_answer"]])
+    graph = example_circuit(model, dictionaries, circuit, batch, edge_threshold=edge_threshold)
+    ids = batch.clean[0].tolist()
+    with torch.no_grad():
+        logits = model.hf(input_ids=batch.clean.to(model.device)).logits[0, -1].float()
+    prob = float(torch.softmax(logits, -1)[int(batch.clean_answer[0])])
+    task_name = (task_spec.get("name") or task_spec.get("generator") or Path(str(task_spec.get("file") or
+                 task_spec.get("path") or "task")).stem) if isinstance(task_spec, dict) else Path(str(task_spec)).stem
+    from . import __version__
+
+    data = attribution_graph(
+        graph, rows=[s.name for s in model.submodules], prompt=ex["clean_prefix"], prompt_ids=ids,
+        prompt_tokens=[_token_text(tok, i) for i in ids],
+        clean_answer=(int(batch.clean_answer[0]), ex["clean_answer"]),
+        patch_answer=(int(batch.patch_answer[0]), ex["patch_answer"]),
+        slug=slug or _slug(f"{model.name}-{task_name}-{graph.metadata.get('method', '')}-ex{example}"),
+        scan=str(meta.get("model") or model.name), transcoder_list=_transcoder_list(meta, dict_spec),
+        token_prob=prob, circuit_scores={n: circuit.score(n) for n in circuit.nodes},
+        info={"generator": {"name": "featurecircuits", "version": __version__},
+              "creator_name": "featurecircuits export", "example": example, "task": task_spec,
+              "patch_prompt": ex["patch_prefix"]})
+    # the source circuit's scores are summed over positions when it does not keep them
+    if meta.get("aggregation") != "none":
+        for node in data["nodes"]:
+            if node.get("fc_id") not in (None, METRIC_NODE):
+                sub, part, feat, _ = parse_node_id(node["fc_id"])
+                base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
+                node["fc_circuit_score"] = circuit.graph.nodes[base]["score"] if base in circuit.graph else None
+    return write_graph_files(data, out)
