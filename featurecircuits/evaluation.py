@@ -298,37 +298,40 @@ def faithfulness_curve(
                          f"include_embed={config.include_embed}; nothing to select")
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     gen = torch.Generator().manual_seed(config.seed)
-    points = []
     sources = ablation_sources(model, splice, batches, config)
-    total = sum(len(b) for b in batches)
 
     def mean_metric(mask_fn):
         return _mean_metric(model, splice, sources, config, metric, mask_fn)
 
     m_full = mean_metric(None)
     m_empty = None
+    points = []
     for cfg in configs:
-        method = cfg.method
-        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0).means
+        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress).means
         scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
-        top = max(float(t.abs().max()) for t in scores.values())
-        for thr in tqdm(thresholds, desc=f"curve {method}", disable=not progress):
-            absolute = thr * top if relative else thr
-            n_nodes = int(sum(int((t.abs() >= absolute).sum()) for t in scores.values()))
-            if m_empty is None:
-                m_empty = mean_metric(lambda n, s=scores: filled(_threshold_masks(splice, s, 0, n), False))
-            m_c = mean_metric(lambda n, s=scores, a=absolute: _threshold_masks(splice, s, a, n))
-            m_comp = mean_metric(lambda n, s=scores, a=absolute: inverted(_threshold_masks(splice, s, a, n)))
-            rand = None
-            if random_baseline:
-                m_r = mean_metric(lambda n, s=scores, k=n_nodes: _random_masks(splice, s, k, n, gen))
-                rand = _ratio(m_r, m_empty, m_full)
-            points.append(CurvePoint(method, float(absolute), n_nodes, _ratio(m_c, m_empty, m_full),
-                                     _ratio(m_comp, m_empty, m_full), rand))
+        if m_empty is None:
+            m_empty = mean_metric(lambda n, s=scores: filled(_threshold_masks(splice, s, 0, n), False))
+        sweep = [(thr * max(float(t.abs().max()) for t in scores.values()) if relative else thr) for thr in thresholds]
+        for absolute in tqdm(sweep, desc=f"curve {cfg.method}", disable=not progress):
+            points.append(_curve_point(cfg.method, splice, scores, absolute, mean_metric, (m_empty, m_full),
+                                       gen if random_baseline else None))
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
-                          "relative": relative, "n_examples": total, "m_full": m_full, "m_empty": m_empty,
-                          "attribution": {c.method: c.to_dict() for c in configs}})
+                          "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
+                          "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs}})
 
+
+def _curve_point(method, splice, scores, absolute: float, mean_metric, bounds, gen) -> CurvePoint:
+    """One point: the circuit of nodes with |score| ≥ ``absolute``, its complement and (with ``gen``) a
+    random circuit of the same size; ``bounds`` = (m(∅), m(M))."""
+    m_empty, m_full = bounds
+    n_nodes = int(sum(int((t.abs() >= absolute).sum()) for t in scores.values()))
+    m_c = mean_metric(lambda n: _threshold_masks(splice, scores, absolute, n))
+    m_comp = mean_metric(lambda n: inverted(_threshold_masks(splice, scores, absolute, n)))
+    rand = None
+    if gen is not None:
+        rand = _ratio(mean_metric(lambda n: _random_masks(splice, scores, n_nodes, n, gen)), m_empty, m_full)
+    return CurvePoint(method, float(absolute), n_nodes, _ratio(m_c, m_empty, m_full), _ratio(m_comp, m_empty, m_full),
+                      rand)
 
 __all__ = ["AblationConfig", "Curve", "CurvePoint", "Faithfulness", "evaluate", "faithfulness_curve",
            "masks_from_nodes"]
