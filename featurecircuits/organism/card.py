@@ -178,7 +178,13 @@ def card_markdown(info: dict) -> str:
         for g, r in groups.items():
             lines.append(f"| {tname} | {g} | {r['n']} | {r['acc_clean']:.1%} | {r['ld_clean']:.2f} | "
                          f"{r['acc_patch']:.1%} | {r['ld_patch']:.2f} |")
-    lines += [
+    return "\n".join(lines + _sae_and_circuit_sections(info)) + "\n"
+
+
+def _sae_and_circuit_sections(info: dict) -> list[str]:
+    """The card's dictionaries, small circuits, targets and activation-patching sections."""
+    cfg = info["config"]
+    lines = [
         "",
         "## Sparse autoencoders",
         "",
@@ -215,7 +221,7 @@ def card_markdown(info: dict) -> str:
         lines += _grid_table(tokens, grids["resid"], "layer")
         lines += ["", "Attention outputs:", ""] + _grid_table(tokens, grids["attn"], "layer")
         lines += ["", "MLP outputs:", ""] + _grid_table(tokens, grids["mlp"], "layer")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def measure(model: Model, dictionaries: dict, info: dict, *, n: int = 200) -> dict:
