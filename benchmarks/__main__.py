@@ -8,7 +8,9 @@ The results file (``--out``, default ``benchmarks/results.json``) is one JSON ob
 row has ``setting, level, method, seconds, ratio`` (to the plain pass; edge rows: to RelP node scoring),
 ``ratio_floor`` (feature-level rows and the floor itself; null elsewhere) and ``peak_rss_gib``. Each
 setting records the mean L0 of its dictionaries per submodule, measured on the benchmark batch (clean
-and patch runs), with the batch shape and, for the Pythia-70M setting, the calibration target.
+and patch runs), with the batch shape, the memory planner's estimate for AtP and RelP
+(``planned_peak_gib``, which excludes the runtime's own resident memory) and, for the Pythia-70M
+setting, the calibration target.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 import torch
 
 import featurecircuits as fc
+from featurecircuits.plan import plan
 
 from . import settings
 
@@ -205,6 +208,9 @@ def main(argv=None) -> int:
                               "target_l0": target}
         l0 = settings.mean_l0(model, dicts, batch)
         recorded[name].update(pairs=len(batch), tokens=batch.n_tokens, mean_l0=l0)
+        widths = {n: int(getattr(ae, "width", None) or ae.dict_size) for n, ae in dicts.items()}
+        recorded[name]["planned_peak_gib"] = {  # the planner's estimate (excludes the runtime itself)
+            m: plan(model, widths, len(batch), batch.n_tokens, method=m).gib for m in ("atp", "relp")}
         print(f"# {name}: mean L0 per token " + ", ".join(f"{k} {v:.1f}" for k, v in l0.items()), flush=True)
         run_setting(name, model, dicts, batch, methods, args.repeats, rows, levels)
         if not args.no_edges and "feature" in levels:

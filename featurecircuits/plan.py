@@ -15,8 +15,8 @@
   with autograd's saved-tensor hooks on tiny models of each family, with and without the LRP rules);
 - ``logits``: (batch, tokens, vocab) tensors: the source run's and the base run's logits are kept to the
   end; during the backward pass the softcap's saved output (Gemma-2) and the logit gradients add more;
-- ``transient``: the largest short-lived tensors while features are made (an encoder's pre-activation
-  and its ReLU output for one submodule).
+- ``transient``: short-lived tensors at the peak: the finiteness check's boolean copy of the largest
+  score tensor.
 
 The estimate is the larger of the two phases ("backward" and "scores"); :class:`Plan` keeps the
 breakdown of that phase (which adds up to ``total``) and both phase totals. It excludes the runtime
@@ -259,8 +259,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
     if widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
         feat_one = n * sum(w for w, _ in widths.values()) * size
         err_one = n * sum(d_in for _, d_in in widths.values()) * size
-        biggest = max(w for w, _ in widths.values())
-        transient = 2 * n * biggest * size
+        transient = n * max(w for w, _ in widths.values())  # one byte per element
     else:  # component level: one (B, T, d_model) part per submodule
         feat_one = n * (1 + 3 * geo.n_layers) * geo.d_model * size
         err_one = 0
