@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import atomic_write_bytes, atomic_write_text
+from . import _io
 from .base import SAE, Dictionary, GatedSAE, IdentityDictionary
 
 FORMAT = "dictionary_learning"
@@ -73,11 +74,9 @@ def convert(module) -> Dictionary:
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The state dict of ``ae.pt``/``ae.safetensors``; clear errors for empty, truncated or corrupt files."""
+    path = Path(path)
+    return _io.read_safetensors(path) if path.suffix == ".safetensors" else _io.read_torch(path)
 
 
 def find_weights(folder: Path) -> Path | None:
@@ -94,14 +93,32 @@ def load(path: str | Path) -> Dictionary:
     if weights is None:
         raise FileNotFoundError(f"no dictionary weights ({' or '.join(WEIGHT_FILES)}) in {path}")
     config_path = weights.parent / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = _io.read_json(config_path, "config.json") if config_path.is_file() else {}
     trainer = config.get("trainer", {})
+    if not isinstance(trainer, dict):
+        raise ValueError(f"{config_path}: 'trainer' should be an object with dict_class, activation_dim, "
+                         f"dict_size; found {type(trainer).__name__}")
     state = read_state(weights)
-    cls_name = trainer.get("dict_class") or _infer_class(state)
+    _io.check_finite(state, weights)
+    try:
+        cls_name = trainer.get("dict_class") or _infer_class(state)
+    except ValueError as exc:
+        raise ValueError(f"{weights}: {exc}; name it in config.json (trainer.dict_class)") from None
     try:
         ae = _from_state(cls_name, state, trainer)
     except KeyError as exc:
-        raise ValueError(f"{weights}: weights do not fit {cls_name} (missing {exc})") from None
+        raise ValueError(f"{weights}: weights do not fit {cls_name} (missing {exc}); check trainer.dict_class in "
+                         f"{config_path}") from None
+    except ValueError as exc:
+        if "unknown dict_class" in str(exc):
+            raise ValueError(f"{config_path}: {exc}") from None
+        raise ValueError(f"{weights}: {exc}") from None
+    for key in ("activation_dim", "dict_size"):
+        want = trainer.get(key)
+        have = ae.d_in if key == "activation_dim" else ae.width
+        if want is not None and int(want) != have:
+            raise ValueError(f"{config_path}: trainer.{key} is {want} but the weights in {weights.name} have "
+                             f"{have}; the config and the weights do not belong together")
     return ae.with_source(FORMAT, str(weights.parent))
 
 

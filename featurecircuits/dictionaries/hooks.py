@@ -1,0 +1,123 @@
+"""TransformerLens hook names (the names SAELens and Gemma Scope SAEs are trained on) → our submodules.
+
+==============================  ====================================================================
+hook                            submodule
+==============================  ====================================================================
+``blocks.L.hook_resid_post``    ``resid_L`` (the output of decoder layer L)
+``blocks.L.hook_resid_pre``     ``resid_{L-1}`` for L ≥ 1 (what enters layer L is what left layer L-1);
+                                for L = 0 ``embed`` where our embedding node is exactly what enters
+                                layer 0 (see below)
+``hook_embed``                  ``embed`` where our embedding node is exactly TransformerLens's
+                                ``hook_embed`` (see below)
+``blocks.L.hook_attn_out``      ``attn_L`` (not Gemma-2/3: there the hook is after the post-attention norm)
+``blocks.L.hook_mlp_out``       ``mlp_L`` (not Gemma-2/3: there the hook is after the post-MLP norm)
+``blocks.L.attn.hook_z``        refused: the attention output projection's input is not a submodule yet
+==============================  ====================================================================
+
+The embedding differs per family. TransformerLens's ``hook_embed`` is the token embedding alone (for Gemma
+with the √d scale folded into ``W_E``), and ``blocks.0.hook_resid_pre`` adds GPT-2's position embeddings.
+Our ``embed`` node is the output of :attr:`FamilyInfo.embed`:
+
+- GPT-NeoX/Pythia, Llama, Qwen2: ``embed_in``/``embed_tokens``, the token embedding; no position embedding
+  is added (rotary), so ``hook_embed`` = ``blocks.0.hook_resid_pre`` = ``embed``.
+- GPT-2: ``transformer.drop``'s output, token + position embedding = ``blocks.0.hook_resid_pre`` only;
+  a ``hook_embed`` SAE (tokens without positions) has no counterpart and is refused.
+- Gemma-2/3: ``embed_tokens`` is transformers' scaled embedding (its output is multiplied by √d, the
+  ``embed_scale`` buffer), equal to TransformerLens's ``hook_embed`` and ``blocks.0.hook_resid_pre``. With
+  an older transformers whose ``embed_tokens`` is a plain ``nn.Embedding`` (scaled later, in the model's
+  forward) neither hook has a counterpart and both are refused.
+
+Where an SAE's config also names a Hugging Face module path (SAELens's ``hf_hook_name``) that is exactly one
+of our submodule paths, that path decides.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..models import Model
+
+HOOK_KINDS = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_resid_mid|hook_attn_out|hook_mlp_out|"
+                         r"attn\.hook_z|hook_attn_in|hook_mlp_in|ln\d\.hook_normalized|mlp\.hook_post|"
+                         r"mlp\.hook_pre|attn\.hook_result)$")
+_POST_NORM_FAMILIES = ("gemma2", "gemma3")  # attn/mlp outputs pass through a norm before the residual add
+
+
+def embed_hooks(model: Model) -> tuple[str, ...]:
+    """The hook names whose activation is exactly our ``embed`` node, for this model."""
+    family = model.family.name
+    if family == "gpt2":
+        return ("blocks.0.hook_resid_pre",)
+    if family in _POST_NORM_FAMILIES:
+        if hasattr(model.module(model.submodule("embed")), "embed_scale"):
+            return ("hook_embed", "blocks.0.hook_resid_pre")
+        return ()
+    return ("hook_embed", "blocks.0.hook_resid_pre")
+
+
+def submodule_for_hook(hook: str, model: Model, *, hf_hook: str | None = None, where: str = "") -> str:
+    """Our submodule name for a TransformerLens hook name, or a ValueError saying why there is none."""
+    at = f"{where}: " if where else ""
+    if hf_hook:
+        for sub in model.submodules:
+            if sub.path == hf_hook:
+                return sub.name
+    hook = str(hook or "")
+    if not hook:
+        raise ValueError(f"{at}the SAE's config names no hook (hook_name); featurecircuits needs it to know where "
+                         "the SAE reads. Add metadata.hook_name (e.g. blocks.3.hook_resid_post) to cfg.json")
+    family = model.family.name
+    if hook == "hook_embed" or hook == "blocks.0.hook_resid_pre":
+        if hook in embed_hooks(model):
+            return "embed"
+        if family == "gpt2" and hook == "hook_embed":
+            why = ("GPT-2's embedding node (transformer.drop) is token + position embedding, i.e. "
+                   "blocks.0.hook_resid_pre; hook_embed (tokens only) has no exact counterpart")
+        else:
+            why = (f"this {family} model's embed_tokens output is not scaled by √d as TransformerLens's hook_embed "
+                   "and blocks.0.hook_resid_pre are (update transformers to ≥ 5, whose Gemma embedding applies "
+                   "the scale itself)")
+        raise ValueError(f"{at}hook {hook!r} has no exact counterpart in this model: {why}")
+    m = _BLOCK_HOOK.match(hook)
+    if m is None:
+        raise ValueError(f"{at}unknown hook name {hook!r}; featurecircuits reads SAEs on hook_embed, "
+                         "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out and "
+                         "blocks.L.hook_mlp_out")
+    layer, kind = int(m.group(1)), m.group(2)
+    if layer >= model.n_layers:
+        raise ValueError(f"{at}hook {hook!r} is on layer {layer}, but the model has {model.n_layers} layers "
+                         f"(0–{model.n_layers - 1}); is the SAE for another model?")
+    if kind == "hook_resid_post":
+        return f"resid_{layer}"
+    if kind == "hook_resid_pre":
+        return f"resid_{layer - 1}"  # layer 0 handled above
+    if kind in ("hook_attn_out", "hook_mlp_out"):
+        part = "attn" if kind == "hook_attn_out" else "mlp"
+        if family in _POST_NORM_FAMILIES:
+            raise ValueError(f"{at}hook {hook!r}: in TransformerLens's {family} this is the {part} output *after* "
+                             f"its post-{part} RMSNorm, while our {part}_{layer} is the output before it; no "
+                             "submodule matches exactly, so the SAE is refused")
+        return f"{part}_{layer}"
+    if kind == "attn.hook_z":
+        raise ValueError(f"{at}hook {hook!r} is an attention SAE on hook_z (the input of the attention output "
+                         "projection); featurecircuits has no z submodule yet, so it cannot splice it")
+    raise ValueError(f"{at}hook {hook!r} has no featurecircuits submodule; supported hooks: hook_embed, "
+                     "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
+                     "blocks.L.hook_mlp_out")
+
+
+def hook_for_submodule(name: str, model: Model) -> str:
+    """The TransformerLens hook name an SAE for our submodule ``name`` is written with (for converters)."""
+    sub = model.submodule(name)
+    if sub.kind == "embed":
+        hooks = embed_hooks(model)
+        if not hooks:
+            raise ValueError(f"this {model.family.name} model's embed node has no TransformerLens hook counterpart")
+        return hooks[0]
+    if sub.kind == "resid":
+        return f"blocks.{sub.layer}.hook_resid_post"
+    if model.family.name in _POST_NORM_FAMILIES:
+        raise ValueError(f"{name} of a {model.family.name} model has no TransformerLens hook counterpart "
+                         "(TransformerLens reads it after the post-norm)")
+    return f"blocks.{sub.layer}.hook_{sub.kind}_out"
