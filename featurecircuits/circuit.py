@@ -126,42 +126,46 @@ class Circuit:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict, *, model: Model | None = None) -> Circuit:
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"not a featurecircuits circuit (schema {data.get('schema')!r})")
-        if data.get("version") != SCHEMA_VERSION:
-            raise ValueError(f"circuit schema version {data.get('version')!r} is not supported; this "
-                             f"featurecircuits reads version {SCHEMA_VERSION}")
+    def from_dict(cls, data: dict, *, model: Model | None = None, where: str = "circuit") -> Circuit:
+        """A circuit from its JSON object, validated against the schema (``featurecircuits.schemas``); errors
+        name ``where`` and the JSON path."""
+        from .errors import UsageError
+        from .schemas import validate_circuit
+
+        validate_circuit(data, where, schema=SCHEMA, version=SCHEMA_VERSION)
         g = nx.DiGraph()
-        for node in data["nodes"]:
+        for i, node in enumerate(data["nodes"]):
             attrs = {k: v for k, v in node.items() if k != "id"}
             if node["id"] != METRIC_NODE:
-                parse_node_id(node["id"])
+                try:
+                    parse_node_id(node["id"])
+                except ValueError as exc:
+                    raise UsageError(f"{where}: $.nodes[{i}].id: {exc}") from None
+            if node["id"] in g:
+                raise UsageError(f"{where}: $.nodes[{i}].id: node {node['id']!r} is listed twice")
             g.add_node(node["id"], **attrs)
-        for e in data["edges"]:
-            for end in (e["source"], e["target"]):
-                if end not in g:
-                    raise ValueError(f"edge refers to unknown node {end!r}")
+        for i, e in enumerate(data["edges"]):
+            for end in ("source", "target"):
+                if e[end] not in g:
+                    raise UsageError(f"{where}: $.edges[{i}].{end}: edge refers to unknown node {e[end]!r}")
             g.add_edge(e["source"], e["target"], weight=e["weight"])
         circuit = cls(g, data.get("metadata", {}))
         if model is not None:
-            circuit.check_model(model)
+            try:
+                circuit.check_model(model)
+            except ValueError as exc:
+                raise UsageError(f"{where}: {exc}") from None
         return circuit
 
     @classmethod
     def from_json(cls, source: str | Path, *, model: Model | None = None) -> Circuit:
         """Read a circuit from a file path (or a JSON string); with ``model``, check it belongs to it."""
-        text = str(source)
+        from .schemas import parse_json, read_text
+
+        text, where = str(source), "circuit JSON"
         if not text.lstrip().startswith("{"):
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"circuit file {path} does not exist")
-            text = path.read_text()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"circuit file is not valid JSON ({exc.msg})") from exc
-        return cls.from_dict(data, model=model)
+            text, where = read_text(Path(source), "circuit file"), str(source)
+        return cls.from_dict(parse_json(text, where), model=model, where=where)
 
     def check_model(self, model: Model) -> None:
         meta = self.metadata
@@ -316,11 +320,13 @@ def discover(
     edges: bool = True,
     memory_budget: int = RESULT_MEMORY_BUDGET,
     progress: bool = False,
+    checkpoint=None,
     **options,
 ) -> Circuit:
     """Score nodes (``config``, or keyword ``options`` such as ``method="ig"``), keep those with |mean score|
     ≥ ``node_threshold`` (or the ``top_k``), score edges among them and keep those with |weight| ≥
-    ``edge_threshold``. Per-batch attributions are kept for edges up to ``memory_budget`` bytes."""
+    ``edge_threshold``. Per-batch attributions are kept for edges up to ``memory_budget`` bytes.
+    ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores."""
     cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
     check_threshold("node_threshold", node_threshold)
     check_threshold("edge_threshold", edge_threshold)
@@ -329,7 +335,7 @@ def discover(
     lengths = _check_lengths(batches, aggregation)
     splice = Splice(model, dictionaries, submodules)
     scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
-                         progress=progress)
+                         progress=progress, checkpoint=checkpoint)
     nodes = select_nodes(scores, splice, threshold=node_threshold, top_k=top_k)
     weights = score_circuit_edges(model, splice, scores, nodes, cfg, metric, progress=progress) \
         if edges and nodes else {}

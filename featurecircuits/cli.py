@@ -4,71 +4,316 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
+from pathlib import Path
+
+from . import __version__
+from .errors import UsageError
+from .registry import METHODS, TASK_NAMES, parse_methods
+from .report import table
+
+# Nothing here imports torch at module level: ``featurecircuits --help`` and every check of options and
+# input files answer before torch loads. Each command imports what it needs.
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ORGANISM_MODEL_DIR = REPO_ROOT / "models" / "organism"
+DICTIONARY_ROOT = REPO_ROOT / "dictionaries"
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = "  ".join(c.ljust(widths[c]) for c in columns)
-    sep = "  ".join("-" * widths[c] for c in columns)
-    body = ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([line, sep, *body])
+# --------------------------------------------------------------------------------------------------
+# Option types: checked when the command line is parsed
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+
+
+def _finite(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def threshold(text: str) -> float:
+    return _finite(text)
+
+
+def thresholds_list(text: str) -> list[float]:
+    items = [t.strip() for t in text.split(",")]
+    if not items or any(not t for t in items):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r} (expected comma-separated numbers)")
+    return [_finite(t) for t in items]
+
+
+def rules(text: str):
+    from .config import LRPConfig
+
+    try:
+        return LRPConfig.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def methods(text: str) -> list[str]:
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and outputs: checked before any model is loaded
+
+
+def _dictionaries_spec(args) -> str:
+    """--dictionaries, or the default for --model (its known dictionary set, else component level)."""
+    from .registry import default_dictionaries
+
+    spec = getattr(args, "dictionaries", None)
+    return spec if spec is not None else default_dictionaries(args.model)
+
+
+def _input_paths(args) -> dict[str, Path]:
+    """The files and folders this run reads (that exist), by what they are."""
+    from .registry import NEURONS, NO_DICTIONARIES, ORGANISM
+
+    out: dict[str, Path] = {}
+    task = getattr(args, "task", None)
+    if task and Path(task).exists():
+        out["task file (--task)"] = Path(task)
+    if getattr(args, "circuit", None):
+        out["circuit file (--circuit)"] = Path(args.circuit)
+    model = getattr(args, "model", None)
+    if model == ORGANISM:
+        out["organism model"] = ORGANISM_MODEL_DIR
+    elif model and Path(model).exists():
+        out["model (--model)"] = Path(model)
+    if hasattr(args, "dictionaries") and model is not None:
+        spec = _dictionaries_spec(args)
+        if spec not in (NO_DICTIONARIES, NEURONS):
+            path = Path(spec) if Path(spec).exists() else DICTIONARY_ROOT / spec
+            out["dictionaries"] = path
+    return {k: v for k, v in out.items() if v.exists()}
+
+
+def _same(a: Path, b: Path) -> bool:
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    if ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep):  # a is b, or inside folder b
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(args, files: dict[str, str | None], folders: dict[str, tuple[str | None, list[str]]] | None = None,
+                  extra_inputs: dict[str, Path] | None = None) -> None:
+    """Refuse, before any work, outputs that cannot be written or that would overwrite an input of this run
+    or another of its outputs. ``files``: option → output file; ``folders``: option → (folder, the file
+    names written into it)."""
+    inputs = {**_input_paths(args), **(extra_inputs or {})}
+    written: dict[str, tuple[str, Path]] = {}  # realpath → (option, path)
+
+    def claim(option: str, path: Path):
+        for what, src in inputs.items():
+            if _same(path, src):
+                raise UsageError(f"{option} {path} would overwrite the {what} ({src}); write it elsewhere")
+        real = os.path.realpath(path)
+        if real in written:
+            raise UsageError(f"{option} and {written[real][0]} both name {path}; give them different files")
+        written[real] = (option, path)
+
+    for option, name in files.items():
+        if not name:
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise UsageError(f"{option} {path} is a directory; give a file name (e.g. {path / 'out'}...)")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"{option} {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: folder {parent} is not writable")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path} exists and is read-only")
+        claim(option, path)
+    for option, (name, names) in (folders or {}).items():
+        if not name:
+            continue
+        folder = Path(name)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder} is a file; give a folder")
+        existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {folder}: {existing} is not writable")
+        for n in names:
+            target = folder / n
+            if target.is_dir():
+                raise UsageError(f"{option} {folder}: {target} is a directory")
+            claim(option, target)
+
+
+def _run_folder(args, out: str) -> Path:
+    return Path(args.run_dir) if getattr(args, "run_dir", None) else Path(f"{out}.run")
+
+
+def _file_task(args):
+    """A --task that is a file, loaded and checked against the task schema (no model needed); None for a name."""
+    from .tasks import load_task
+
+    path = Path(args.task)
+    if path.is_dir():
+        raise UsageError(f"--task {path} is a directory; give a JSONL file or a task name ({', '.join(TASK_NAMES)})")
+    if path.is_file():
+        task = load_task(path)
+        n = getattr(args, "n_examples", None)
+        if n is not None and n > len(task):
+            print(f"note: {path} holds {len(task)} pairs; --n-examples {n} uses all {len(task)}", file=sys.stderr)
+        return task
+    if args.task in TASK_NAMES:
+        return None
+    raise UsageError(f"--task {args.task!r} is neither a file nor a task name; task names: {', '.join(TASK_NAMES)}")
 
 
 def _load(args):
     from .dictionaries import load_dictionaries
     from .models import load_model
+    from .registry import NO_DICTIONARIES
 
     model = load_model(args.model)
+    start = getattr(args, "start_layer", None)
+    if start is not None and start >= model.n_layers:
+        raise UsageError(f"--start-layer {start} is beyond the model's {model.n_layers} layers "
+                         f"(0 … {model.n_layers - 1})")
     dicts = None
-    if getattr(args, "dictionaries", None) not in (None, "none"):
-        dicts = load_dictionaries(args.dictionaries, model)
+    spec = _dictionaries_spec(args)
+    if spec != NO_DICTIONARIES:
+        dicts = load_dictionaries(spec, model)
     return model, dicts
 
 
-def _task(args, model):
-    """A JSONL path, or a task name generated with the word lists that suit the model."""
-    from pathlib import Path
+def _task(args, model, loaded=None):
+    """The task: a file already loaded by ``_file_task`` (now checked against the tokenizer), or a task name
+    generated with the word lists that suit the model."""
+    from .tasks import Task, make_task, n_distinct, validate
+    from .words import words_for
 
-    from .tasks import TASK_NAMES, Task, load_task, make_task, validate
+    if loaded is None:
+        loaded = _file_task(args)  # None for a task name
+    if loaded is not None:
+        validate(loaded, model.tokenizer, source=str(args.task))
+        return loaded
+    words = words_for(model.tokenizer)
+    n = n_distinct(args.task, words)
+    if args.n_examples > n:
+        raise UsageError(f"--n-examples {args.n_examples}: task {args.task} has only {n} distinct pairs with the "
+                         f"{words} word lists; ask for at most {n}")
+    task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words),
+                source={"generator": args.task, "n": args.n_examples, "seed": args.seed, "words": words})
+    validate(task, model.tokenizer, source=f"generated {args.task}")
+    return task
 
-    if Path(args.task).is_file():
-        return load_task(args.task, model.tokenizer)
-    if args.task in TASK_NAMES:
-        words = "organism" if model.name == "organism" else "pythia"
-        task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words))
-        validate(task, model.tokenizer, source=f"generated {args.task}")
-        return task
-    raise ValueError(f"task {args.task!r} is neither a file nor one of {', '.join(TASK_NAMES)}")
+
+def _html(fig) -> str:
+    """A figure as a self-contained page (as ``plots.write_html`` writes it), for writing with its JSON."""
+    import html
+
+    from .plots import Section, page_html
+
+    title = html.unescape((fig.layout.title.text or "featurecircuits").split("<br>")[0])
+    return page_html([Section(title, fig)], title=title)
+
+
+def _checkpoint(args, out: str, key: dict):
+    """The run folder of a long run (beside ``out``, or --run-dir)."""
+    from .checkpoint import RunDir
+
+    folder = _run_folder(args, out)
+    if not args.resume and (folder / "run.json").is_file():
+        print(f"note: starting afresh; the interrupted run in {folder} is discarded (--resume continues it)",
+              file=sys.stderr)
+    run = RunDir(folder, key, resume=args.resume)
+    args.run_folder = folder
+    return run
+
+
+def _run_key(args, command: str, task, dicts) -> dict:
+    from .checkpoint import fingerprint
+
+    skip = {"func", "out", "html", "resume", "run_dir", "verbose", "debug", "run_folder"}
+    return {"command": command, **{k: str(v) for k, v in vars(args).items() if k not in skip},
+            "examples": fingerprint(task.examples),
+            "dictionary_hashes": {k: d.source.hash for k, d in (dicts or {}).items()}}
 
 
 def cmd_discover(args) -> int:
+    check_outputs(args, {"--out": args.out, "--html": args.html, "--run-dir": str(_run_folder(args, args.out))})
+    loaded = _file_task(args)
+
     from .circuit import discover
-    from .plots import circuit_figure, write_html
+    from .fileio import atomic_write_many
+    from .plots import circuit_figure
 
     model, dicts = _load(args)
+    task = _task(args, model, loaded)
+    config = _attribution(args)
+    run = _checkpoint(args, args.out, _run_key(args, "discover", task, dicts))
     start = time.perf_counter()
-    circuit = discover(model, dicts, _task(args, model), method=args.method, node_threshold=args.node_threshold,
+    circuit = discover(model, dicts, task, config=config, node_threshold=args.node_threshold,
                        edge_threshold=args.edge_threshold, top_k=args.top_k, aggregation=args.aggregation,
-                       n_examples=args.n_examples, batch_size=args.batch_size, ig_steps=args.ig_steps,
-                       direction=args.direction, progress=True)
-    circuit.to_json(args.out)
+                       n_examples=args.n_examples, batch_size=args.batch_size, progress=True, checkpoint=run)
+    files = {args.out: circuit.to_json() + "\n"}
+    if args.html:
+        files[args.html] = _html(circuit_figure(circuit))
+    atomic_write_many(files)  # both new, or (interrupted) both as they were
+    run.remove()
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges in {time.perf_counter() - start:.1f} s → {args.out}")
     if args.html:
-        write_html(circuit_figure(circuit), args.html)
         print(f"graph → {args.html}")
     return 0
 
 
+def _attribution(args, method: str | None = None):
+    from .config import AttributionConfig
+
+    return AttributionConfig(method=method or getattr(args, "method", "relp"), direction=args.direction,
+                             lrp=args.rules, ig_steps=args.ig_steps)
+
+
 def _ablation(args):
-    from .evaluation import AblationConfig
+    from .config import AblationConfig
 
     return AblationConfig(ablation=args.ablation, errors=args.errors, start_layer=args.start_layer,
                           include_embed=not args.no_embed)
 
 
 def cmd_evaluate(args) -> int:
+    check_outputs(args, {"--out": args.out})
+    loaded = _file_task(args)
+
     import json
     from dataclasses import asdict
 
@@ -76,42 +321,53 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
     from .fileio import atomic_write_text
 
+    circuit = Circuit.from_json(args.circuit)  # the schema checked before the model loads
     model, dicts = _load(args)
-    circuit = Circuit.from_json(args.circuit, model=model)
-    result = evaluate(model, dicts, circuit, _task(args, model), config=_ablation(args),
+    try:
+        circuit.check_model(model)
+    except ValueError as exc:
+        raise UsageError(f"{args.circuit}: {exc}") from None
+    result = evaluate(model, dicts, circuit, _task(args, model, loaded), config=_ablation(args),
                       n_examples=args.n_examples, batch_size=args.batch_size)
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",
            "completeness": f"{result.completeness:.3f}", "m(C)": f"{result.m_circuit:.3f}",
            "m(empty)": f"{result.m_empty:.3f}", "m(M)": f"{result.m_full:.3f}"}
-    print(_table([row], list(row)))
+    print(table([row], list(row)))
     if args.out:
         atomic_write_text(args.out, json.dumps(asdict(result), indent=1))
     return 0
 
 
 def cmd_curve(args) -> int:
+    check_outputs(args, {"--out": args.out, "--html": args.html, "--run-dir": str(_run_folder(args, args.out))})
+    loaded = _file_task(args)
+
     import json
 
     from .evaluation import faithfulness_curve
-    from .fileio import atomic_write_text
-    from .plots import curve_figure, write_html
+    from .fileio import atomic_write_many
+    from .plots import curve_figure
 
     model, dicts = _load(args)
-    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
-    curve = faithfulness_curve(model, dicts, _task(args, model), methods=args.methods.split(","),
-                               thresholds=thresholds, relative=not args.absolute, config=_ablation(args),
-                               n_examples=args.n_examples, batch_size=args.batch_size, ig_steps=args.ig_steps,
-                               progress=True)
+    task = _task(args, model, loaded)
+    run = _checkpoint(args, args.out, _run_key(args, "curve", task, dicts))
+    curve = faithfulness_curve(model, dicts, task, methods=args.methods,
+                               attribution=_attribution(args, args.methods[0]), thresholds=args.thresholds,
+                               relative=not args.absolute, config=_ablation(args), n_examples=args.n_examples,
+                               batch_size=args.batch_size, progress=True, checkpoint=run)
     rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
              "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
-    print(_table(rows, list(rows[0])))
-    atomic_write_text(args.out, json.dumps(curve.to_dict(), indent=1))
+    print(table(rows, list(rows[0])))
+    files = {args.out: json.dumps(curve.to_dict(), indent=1)}
     if args.html:
-        write_html(curve_figure(curve), args.html)
+        files[args.html] = _html(curve_figure(curve))
+    atomic_write_many(files)
+    run.remove()
     return 0
 
 
 def cmd_plot(args) -> int:
+    check_outputs(args, {"--out": args.out})
     from .circuit import Circuit
     from .plots import circuit_figure, write_html
 
@@ -125,8 +381,10 @@ def cmd_plot(args) -> int:
 
 
 def cmd_export(args) -> int:
+    check_outputs(args, {}, {"--out": (args.out, ["graph-metadata.json"])})
+    if args.task is not None and not Path(args.task).is_file() and args.task not in TASK_NAMES:
+        _file_task(args)  # raises, naming --task
     import json
-    from pathlib import Path
 
     from .circuit import Circuit
     from .export import export_attribution_graph
@@ -145,27 +403,28 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    check_outputs(args, {}, {"--out": (args.out, ["comparison.json", "comparison.html"])})
+    loaded = _file_task(args)
     import json
     from pathlib import Path
 
     from .compare import PAPER_TABLE5, compare, comparison_figure
-    from .fileio import atomic_write_text
+    from .fileio import atomic_write_many
     from .models import load_model
-    from .plots import write_html
 
     model = load_model(args.model)
-    task = _task(args, model)
+    task = _task(args, model, loaded)
     batches = task.batches(model.tokenizer, args.batch_size, n=args.n_examples)
-    comp = compare(model, batches, methods=args.methods.split(","), normalized=args.normalized,
-                   task_name=task.name, progress=True)
+    comp = compare(model, batches, methods=args.methods, normalized=args.normalized, task_name=task.name,
+                   attribution=_attribution(args, args.methods[0]), progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "comparison.json", json.dumps(comp.to_dict(), indent=1))
-    write_html(comparison_figure(comp), out / "comparison.html")
+    atomic_write_many({out / "comparison.json": json.dumps(comp.to_dict(), indent=1),
+                       out / "comparison.html": _html(comparison_figure(comp))})
     rows = [{"component": kind, **{f"PCC {m}": f"{comp.pcc[m][kind]:.3f}" for m in comp.methods}}
             for kind in ("resid", "attn", "mlp")]
     print(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: Pearson correlation with activation patching\n")
-    print(_table(rows, list(rows[0])))
+    print(table(rows, list(rows[0])))
     print("\nThe RelP paper's Table 5 (IOI): " + "; ".join(
         f"{name} {kind} AtP {v['atp']:.3f} / RelP {v['relp']:.3f}"
         for name, kinds in PAPER_TABLE5.items() for kind, v in kinds.items()))
@@ -173,13 +432,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+DEMO_FILES = ["sva-rc_relp.json", "sva-rc_ig.json", "sva-rc_atp.json", "ioi_relp.json", "sva-rc_curve.json",
+              "circuits.html"]
+
+
 def cmd_demo(args) -> int:
+    check_outputs(args, {}, {"--out": (args.out, DEMO_FILES)})
     from .demo import run_demo
 
     return run_demo(args.out, n_examples=args.n_examples)
 
 
 def cmd_tasks_make(args) -> int:
+    check_outputs(args, {"--out": args.out})
     from .tasks import make_task, save_task
 
     examples = make_task(args.name, args.n, seed=args.seed, words=args.words)
@@ -189,7 +454,18 @@ def cmd_tasks_make(args) -> int:
 
 
 def cmd_organism_train(args) -> int:
-    from pathlib import Path
+    if args.out and args.replace_shipped:
+        raise UsageError("give --out DIR (a new folder) or --replace-shipped, not both")
+    if not args.out and not args.replace_shipped:
+        raise UsageError("--out DIR is required (a new folder for DIR/model and DIR/dictionaries); "
+                         "--replace-shipped overwrites the shipped organism instead")
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} exists and is not an empty folder; give a new folder")
+        check_outputs(args, {}, {"--out": (args.out, ["model", "dictionaries"])})
+    if args.saes_only and args.out:
+        raise UsageError("--saes-only retrains the SAEs of a saved model; it needs --replace-shipped")
 
     from .organism.card import write_card
     from .organism.train import OrganismConfig, build
@@ -207,6 +483,10 @@ def cmd_organism_train(args) -> int:
 
 
 def cmd_organism_card(args) -> int:
+    if args.out and not (Path(args.out) / "model").is_dir():
+        raise UsageError(f"--out {args.out}: no model folder {Path(args.out) / 'model'} (give the DIR of "
+                         "`organism train --out DIR`)")
+
     from .organism.card import write_card
 
     model_dir, dict_dir = _organism_dirs(args)
@@ -214,135 +494,250 @@ def cmd_organism_card(args) -> int:
     rows = [{"task": t, "group": g, "acc clean": f"{r['acc_clean']:.1%}", "LD clean": f"{r['ld_clean']:.2f}",
              "acc patch": f"{r['acc_patch']:.1%}", "LD patch": f"{r['ld_patch']:.2f}"}
             for t, groups in figures["tasks"].items() for g, r in groups.items()]
-    print(_table(rows, list(rows[0])))
+    print(table(rows, list(rows[0])))
     print(f"card written to {model_dir}/README.md")
     return 0
 
 
-def _organism_dirs(args):
-    from .models import ORGANISM_DIR, REPO_ROOT
+def cmd_plan(args) -> int:
+    import json
+    import re
 
+    from .plan import dictionary_widths, plan
+
+    if args.dictionaries and args.width:
+        raise ValueError("give --dictionaries (widths read from their config.json files) or --width, not both")
+    widths = None
+    if args.dictionaries:
+        widths = dictionary_widths(args.dictionaries)
+    elif args.width:
+        if args.width < 1:
+            raise ValueError(f"--width must be positive, got {args.width}")
+        widths = args.width
+    if widths is not None and args.submodules:
+        names = [n.strip() for n in args.submodules.split(",") if n.strip()]
+        if isinstance(widths, int):
+            widths = dict.fromkeys(names, widths)
+        else:
+            unknown = [n for n in names if n not in widths]
+            if unknown:
+                raise ValueError(f"no dictionary for {', '.join(unknown)}; found: {', '.join(widths)}")
+            widths = {n: widths[n] for n in names}
+    if isinstance(widths, dict):
+        odd = [n for n in widths if not re.fullmatch(r"embed|(attn|mlp|resid)_\d+", n)]
+        if odd:
+            raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, attn_L, mlp_L, resid_L)")
+    p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype)
+    print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
+    return 0
+
+
+def _organism_dirs(args):
     if args.out:
         return f"{args.out}/model", f"{args.out}/dictionaries"
-    return str(ORGANISM_DIR), str(REPO_ROOT / "dictionaries" / "organism")
+    return str(ORGANISM_MODEL_DIR), str(DICTIONARY_ROOT / "organism")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (flags, options without default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _shared_options() -> argparse.ArgumentParser:
+    """-v and --debug, accepted before or after the subcommand."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
+    shared.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an unexpected error")
+    return shared
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command shows defaults and takes -v/--debug."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if kwargs.get("add_help", True):
+            kwargs.setdefault("parents", [_shared_options()])
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featurecircuits", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .words import WORD_LISTS
+
+    parser = Parser(prog="featurecircuits", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(verbose=False, debug=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="the default demo: circuits in the organism, offline")
     demo.add_argument("--out", default="out/demo", help="folder for the circuits, graphs and curves")
-    demo.add_argument("--n-examples", type=int, default=48)
+    demo.add_argument("--n-examples", type=positive_int, default=48, help="held-out pairs per task")
     demo.set_defaults(func=cmd_demo)
 
+    def resumable(p):
+        p.add_argument("--run-dir", help="folder keeping completed batches/methods while the run goes "
+                                          "(default: beside --out, OUT.run); removed when the run finishes")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its run folder (same command and options)")
+
     def common(p, *, task=True):
-        p.add_argument("--model", default="organism", help="'organism', a local directory or a hub id")
-        p.add_argument("--dictionaries", default="organism",
-                       help="dictionary root ('organism', a folder, a hub repo id), 'neurons' (identity "
-                            "baseline) or 'none'")
+        p.add_argument("--model", default="organism",
+                       help="'organism', a local directory, a hub id, 'smollm2' or a .gguf file")
+        p.add_argument("--dictionaries", default=None,
+                       help="dictionary root ('organism', a folder, a published name or hub repo id), 'neurons' "
+                            "(identity baseline) or 'none' (component level); default: the set known for --model "
+                            "(organism → organism, EleutherAI/pythia-70m-deduped → pythia-70m-deduped), else none")
         if task:
-            p.add_argument("--task", required=True, help="a JSONL file or a task name (ioi, sva-rc, ...)")
-            p.add_argument("--n-examples", type=int, default=100)
-            p.add_argument("--batch-size", type=int, default=32)
+            p.add_argument("--task", required=True,
+                           help=f"a JSONL file or a task name ({', '.join(TASK_NAMES)})")
+            p.add_argument("--n-examples", type=positive_int, default=100,
+                           help="use the first N pairs of the task (a task name generates N)")
+            p.add_argument("--batch-size", type=positive_int, default=32, help="pairs per forward/backward pass")
             p.add_argument("--seed", type=int, default=0, help="seed for generated tasks")
 
     def ablation(p):
-        p.add_argument("--ablation", choices=["mean", "zero", "resample"], default="mean")
-        p.add_argument("--errors", choices=["ablate", "keep", "remove"], default="ablate")
-        p.add_argument("--start-layer", type=int, default=0)
+        p.add_argument("--ablation", choices=["mean", "zero", "resample"], default="mean",
+                       help="what ablated nodes are set to: their mean over the patch prompts, zero, or another "
+                            "example's patch value")
+        p.add_argument("--errors", choices=["ablate", "keep", "remove"], default="ablate",
+                       help="error terms: ablated like features, always kept, or always zeroed")
+        p.add_argument("--start-layer", type=nonnegative_int, default=0,
+                       help="never ablate submodules of earlier layers (Sparse Feature Circuits uses 2)")
         p.add_argument("--no-embed", action="store_true", help="never ablate the embedding")
 
-    from .attribution import METHODS
+    def attribution(p, *, direction=True):
+        p.add_argument("--rules", type=rules, default="default",
+                       help="LRP rules for relp: default (the family's), gradient, paper, then key=value overrides, "
+                            "e.g. 'attention=ah' or 'gradient,gate=half' (keys: norm, act, linear, attention, gate, "
+                            "epsilon, gamma)")
+        p.add_argument("--ig-steps", type=positive_int, default=10, help="integrated-gradients steps")
+        if direction:
+            p.add_argument("--direction", choices=["noising", "denoising"], default="noising",
+                           help="noising: scores on the clean run, patch values patched in (Sparse Feature "
+                                "Circuits); denoising: the reverse")
 
     disc = sub.add_parser("discover", help="find a circuit and save it as JSON (and HTML)")
     common(disc)
-    disc.add_argument("--method", choices=list(METHODS), default="relp")
-    disc.add_argument("--node-threshold", type=float, default=0.1)
-    disc.add_argument("--edge-threshold", type=float, default=0.01)
-    disc.add_argument("--top-k", type=int)
-    disc.add_argument("--aggregation", choices=["sum", "none"], default="sum")
-    disc.add_argument("--ig-steps", type=int, default=10)
-    disc.add_argument("--direction", choices=["noising", "denoising"], default="noising")
+    disc.add_argument("--method", choices=list(METHODS), default="relp", help="attribution method")
+    disc.add_argument("--node-threshold", type=threshold, default=0.1, help="keep nodes with |mean score| ≥ this")
+    disc.add_argument("--edge-threshold", type=threshold, default=0.01,
+                      help="keep edges with |weight| ≥ this (the demo uses 0.02)")
+    disc.add_argument("--top-k", type=nonnegative_int, help="keep the K nodes with the largest |score| instead")
+    disc.add_argument("--aggregation", choices=["sum", "none"], default="sum",
+                      help="sum node scores over positions, or keep one node per position")
+    attribution(disc)
     disc.add_argument("--out", required=True, help="circuit JSON file")
     disc.add_argument("--html", help="also write the interactive graph here")
+    resumable(disc)
     disc.set_defaults(func=cmd_discover)
 
     ev = sub.add_parser("evaluate", help="faithfulness and completeness of a saved circuit")
     common(ev)
     ablation(ev)
-    ev.add_argument("--circuit", required=True)
+    ev.add_argument("--circuit", required=True, help="circuit JSON file (from discover)")
     ev.add_argument("--out", help="result JSON file")
     ev.set_defaults(func=cmd_evaluate)
 
     cur = sub.add_parser("curve", help="faithfulness vs circuit size for several methods")
     common(cur)
     ablation(cur)
-    cur.add_argument("--methods", default="relp,ig,atp")
-    cur.add_argument("--thresholds", help="comma-separated; default logspace(-4, 0, 15) × the largest score")
+    cur.add_argument("--methods", type=methods, default="relp,ig,atp",
+                     help=f"comma-separated methods ({', '.join(METHODS)})")
+    cur.add_argument("--thresholds", type=thresholds_list,
+                     help="comma-separated; default logspace(-4, 0, 15) × the largest score")
     cur.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
-    cur.add_argument("--ig-steps", type=int, default=10)
+    attribution(cur)
     cur.add_argument("--out", required=True, help="curve JSON file")
     cur.add_argument("--html", help="also write the plot here")
+    resumable(cur)
     cur.set_defaults(func=cmd_curve)
 
     cmp = sub.add_parser("compare", help="AP vs AtP vs RelP at every layer and position (RelP paper, Table 5)")
     cmp.add_argument("--model", default="organism", help="'organism', 'smollm2', a .gguf file, a folder or hub id")
     cmp.add_argument("--task", default="ioi", help="a JSONL file or a task name")
-    cmp.add_argument("--n", dest="n_examples", type=int, default=100, help="number of pairs")
-    cmp.add_argument("--batch-size", type=int, default=25)
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--methods", default="atp,relp")
+    cmp.add_argument("--n", dest="n_examples", type=positive_int, default=100, help="number of pairs")
+    cmp.add_argument("--batch-size", type=positive_int, default=25, help="pairs per batch")
+    cmp.add_argument("--seed", type=int, default=0, help="seed for a generated --task")
+    cmp.add_argument("--methods", type=methods, default="atp,relp", help="methods compared with AP")
+    attribution(cmp)
     cmp.add_argument("--normalized", action="store_true",
                      help="metric (LD − LD_patch)/(LD_clean − LD_patch) instead of the logit difference")
     cmp.add_argument("--out", required=True, help="folder for comparison.json and comparison.html")
     cmp.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="interactive HTML graph of a saved circuit")
-    plot.add_argument("--circuit", required=True)
-    plot.add_argument("--out", required=True)
-    plot.add_argument("--title")
-    plot.add_argument("--node-threshold", type=float)
-    plot.add_argument("--edge-threshold", type=float)
-    plot.add_argument("--top-k", type=int)
+    plot.add_argument("--circuit", required=True, help="circuit JSON file")
+    plot.add_argument("--out", required=True, help="HTML file")
+    plot.add_argument("--title", help="page title (default: from the circuit)")
+    plot.add_argument("--node-threshold", type=threshold, help="show only nodes with |score| ≥ this")
+    plot.add_argument("--edge-threshold", type=threshold, help="show only edges with |weight| ≥ this")
+    plot.add_argument("--top-k", type=nonnegative_int, help="show only the K nodes with the largest |score|")
     plot.set_defaults(func=cmd_plot)
 
     exp = sub.add_parser("export", help="one example of a circuit as an attribution graph "
                                         "(circuit-tracer's viewer, Neuronpedia)")
-    exp.add_argument("--circuit", required=True)
-    exp.add_argument("--example", type=int, default=0, help="index into the task's examples, in file order")
-    exp.add_argument("--format", choices=["attribution-graph"], default="attribution-graph")
+    exp.add_argument("--circuit", required=True, help="circuit JSON file")
+    exp.add_argument("--example", type=nonnegative_int, default=0,
+                     help="index into the task's examples, in file order")
+    exp.add_argument("--format", choices=["attribution-graph"], default="attribution-graph", help="output format")
     exp.add_argument("--out", required=True, help="folder for <slug>.json and graph-metadata.json")
     exp.add_argument("--model", help="default: the circuit's model")
     exp.add_argument("--dictionaries", help="default: the circuit's dictionaries")
     exp.add_argument("--task", help="a JSONL file or a task name (default: the circuit's task)")
     exp.add_argument("--seed", type=int, default=0, help="seed of a generated --task")
-    exp.add_argument("--n-examples", type=int, help="examples generated for a --task name (default 100)")
+    exp.add_argument("--n-examples", type=positive_int, help="examples generated for a --task name (default 100)")
     exp.add_argument("--slug", help="the graph's name (default model-task-method-exN)")
-    exp.add_argument("--edge-threshold", type=float, help="keep links with |weight| ≥ this (default: the circuit's)")
+    exp.add_argument("--edge-threshold", type=threshold,
+                     help="keep links with |weight| ≥ this (default: the circuit's)")
     exp.set_defaults(func=cmd_export)
 
-    from .tasks import TASK_NAMES, WORD_LISTS
+    pl = sub.add_parser("plan", help="estimate peak memory from shapes alone (no weights loaded)")
+    pl.add_argument("--model", required=True,
+                    help="a hub id, a local model folder, a config.json file, or 'organism' (config only)")
+    pl.add_argument("--dictionaries", help="dictionary root: widths come from its config.json files")
+    pl.add_argument("--width", type=positive_int,
+                    help="one dictionary width for every submodule (instead of --dictionaries)")
+    pl.add_argument("--submodules", help="comma-separated submodules with dictionaries (default: all)")
+    pl.add_argument("--batch", type=positive_int, required=True, help="prompt pairs per attribution call")
+    pl.add_argument("--tokens", type=positive_int, required=True, help="tokens per prompt")
+    pl.add_argument("--method", choices=["atp", "relp"], default="relp", help="attribution method")
+    pl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="dtype of the model and dictionaries")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
 
     tasks = sub.add_parser("tasks", help="task data").add_subparsers(dest="tasks_command", required=True)
     make = tasks.add_parser("make", help="generate clean/patch pairs as JSONL")
-    make.add_argument("name", choices=TASK_NAMES)
-    make.add_argument("--n", type=int, default=100)
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("name", choices=TASK_NAMES, help="the task")
+    make.add_argument("--n", type=positive_int, default=100,
+                      help="number of distinct pairs (at most the number the word lists allow)")
+    make.add_argument("--seed", type=int, default=0, help="random seed")
     make.add_argument("--words", choices=list(WORD_LISTS), default="organism",
                       help="word lists: the organism's (held-out combinations) or single tokens for Pythia")
-    make.add_argument("--out", required=True)
+    make.add_argument("--out", required=True, help="JSONL file (its folder must exist)")
     make.set_defaults(func=cmd_tasks_make)
 
     org = sub.add_parser("organism", help="the bundled model organism").add_subparsers(
         dest="organism_command", required=True)
     train = org.add_parser("train", help="train the model and its SAEs from a seed, then write the card")
-    train.add_argument("--out", help="write DIR/model and DIR/dictionaries (default: the shipped locations)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, help="model training steps (default 3000)")
-    train.add_argument("--sae-steps", type=int, help="SAE training steps (default 1200)")
-    train.add_argument("--saes-only", action="store_true", help="keep the saved model, retrain the SAEs")
-    train.add_argument("--no-card", action="store_true")
+    train.add_argument("--out", help="a new folder: writes DIR/model and DIR/dictionaries (required unless "
+                                      "--replace-shipped)")
+    train.add_argument("--replace-shipped", action="store_true",
+                       help="overwrite the shipped organism (models/organism, dictionaries/organism) instead")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--steps", type=positive_int, help="model training steps (default 3000)")
+    train.add_argument("--sae-steps", type=positive_int, help="SAE training steps (default 1200)")
+    train.add_argument("--saes-only", action="store_true",
+                       help="keep the saved model, retrain the SAEs (with --replace-shipped)")
+    train.add_argument("--no-card", action="store_true", help="do not measure the model and write its card")
     train.set_defaults(func=cmd_organism_train)
     card = org.add_parser("card", help="measure the organism and write its model card")
     card.add_argument("--out", help="the DIR given to `organism train --out` (default: shipped)")
@@ -350,14 +745,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (temporary files removed) but exiting 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _own_handler(record: logging.LogRecord) -> bool:
+    """Libraries that print through their own handler (huggingface_hub, transformers) are not printed again
+    by ours: that is what printed each offline-retry warning twice."""
+    return not record.name.startswith(("huggingface_hub", "transformers"))
+
+
+def setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        if _own_handler not in handler.filters:
+            handler.addFilter(_own_handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    """Exit codes: 0 done; 2 a user error (one line: bad option, input or output); 1 an unexpected error
+    (a short message; --debug prints the traceback); 130 interrupted (143 on SIGTERM)."""
+    args = build_parser().parse_args(argv)  # argparse errors exit 2 with the usage line
+    setup_logging(args.verbose)
+    previous = None
+    if threading_main():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        run = getattr(args, "run_folder", None)
+        saved = f"; completed work is kept in {run}: rerun the same command with --resume to continue" \
+            if run is not None and Path(run).is_dir() else ""
+        print(f"{'terminated' if isinstance(exc, _Terminated) else 'interrupted'}{saved}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    except (ValueError, OSError) as exc:  # UsageError, config errors, missing or unwritable files
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        if not args.debug:
+            print("rerun with --debug for the traceback (and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

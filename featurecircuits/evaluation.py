@@ -275,6 +275,7 @@ def faithfulness_curve(
     metric: Metric = logit_diff,
     random_baseline: bool = True,
     progress: bool = False,
+    checkpoint=None,
     **options,
 ) -> Curve:
     """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` relative to
@@ -285,7 +286,10 @@ def faithfulness_curve(
     same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation.
 
     Every method is scored with ``attribution`` (an AttributionConfig; keyword ``options`` such as
-    ``ig_steps`` or ``lrp`` change it) with only its method replaced, so rules and direction apply to all."""
+    ``ig_steps`` or ``lrp`` change it) with only its method replaced, so rules and direction apply to all.
+
+    ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each method's points and each batch's
+    node scores, so an interrupted run resumes where it stopped, with the same result."""
     if thresholds is None:
         thresholds = list(np.logspace(-4, 0, 15))
     for t in thresholds:
@@ -307,7 +311,16 @@ def faithfulness_curve(
     m_empty = None
     points = []
     for cfg in configs:
-        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress).means
+        unit = f"curve-{cfg.method}"
+        if checkpoint is not None and unit in checkpoint:  # this method's points, from an interrupted run
+            saved = checkpoint.load(unit)
+            points += [CurvePoint(**p) for p in saved["points"]]
+            m_empty = saved["m_empty"]
+            gen.set_state(saved["generator"])
+            continue
+        done = len(points)
+        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress,
+                            checkpoint=checkpoint, unit=f"nodes-{cfg.method}").means
         scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
         if m_empty is None:
             m_empty = mean_metric(lambda n, s=scores: filled(_threshold_masks(splice, s, 0, n), False))
@@ -315,6 +328,9 @@ def faithfulness_curve(
         for absolute in tqdm(sweep, desc=f"curve {cfg.method}", disable=not progress):
             points.append(_curve_point(cfg.method, splice, scores, absolute, mean_metric, (m_empty, m_full),
                                        gen if random_baseline else None))
+        if checkpoint is not None:
+            checkpoint.save(unit, {"points": [asdict(p) for p in points[done:]], "m_empty": m_empty,
+                                   "generator": gen.get_state()})
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
                           "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
                           "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs}})

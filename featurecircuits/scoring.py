@@ -74,31 +74,50 @@ class NodeScores:
 
 def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: AttributionConfig, metric: Metric,
                 *, aggregation: str = "sum", memory_budget: int = RESULT_MEMORY_BUDGET,
-                progress: bool = False) -> NodeScores:
+                progress: bool = False, checkpoint=None, unit: str = "nodes") -> NodeScores:
     """Attribute every batch and average node scores over all examples. Each batch's full result is kept
-    for edge scoring while all of them fit in ``memory_budget`` bytes, else dropped (recomputed later)."""
+    for edge scoring while all of them fit in ``memory_budget`` bytes, else dropped (recomputed later).
+
+    With ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) each batch's totals are saved as unit
+    ``<unit>-<i>`` and read back instead of recomputed; results are then never kept (edges recompute them),
+    so an interrupted and resumed run gives exactly what an uninterrupted one gives."""
     sums: dict[PartKey, torch.Tensor] = {}
     act_sums: dict[str, torch.Tensor] = {}
     results: list[tuple[Batch, Attribution | None]] = []
     m_base = m_src = 0.0
-    keep = True
-    for batch in tqdm(batches, desc=f"{config.method} nodes", disable=not progress):
-        res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                        submodules=[s.name for s in splice.submodules], metric=metric)
-        if keep and result_bytes(res) * len(batches) > memory_budget:
+    keep = checkpoint is None
+    for i, batch in enumerate(tqdm(batches, desc=f"{config.method} nodes", disable=not progress)):
+        res = None
+        if checkpoint is not None and f"{unit}-{i}" in checkpoint:
+            totals, acts, mb, ms = _unpack(checkpoint.load(f"{unit}-{i}"))
+        else:
+            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
+                            submodules=[s.name for s in splice.submodules], metric=metric)
+            totals = node_totals(res, aggregation)
+            acts = {sub: a["act"].sum((0, 1)) / batch.n_tokens for sub, a in res.activations.items()
+                    if sub in splice.dictionaries}
+            mb, ms = float(res.metric_base.sum()), float(res.metric_source.sum())
+            if checkpoint is not None:
+                checkpoint.save(f"{unit}-{i}", {"totals": {"|".join(k): v for k, v in totals.items()},
+                                                "acts": acts, "m_base": mb, "m_source": ms})
+        if keep and res is not None and result_bytes(res) * len(batches) > memory_budget:
             keep = False
             results = [(b, None) for b, _ in results]
-        for key, t in node_totals(res, aggregation).items():
+        for key, t in totals.items():
             sums[key] = sums.get(key, 0) + t
-        for sub, acts in res.activations.items():
-            if sub in splice.dictionaries:
-                act_sums[sub] = act_sums.get(sub, 0) + acts["act"].sum((0, 1)) / batch.n_tokens
-        m_base += float(res.metric_base.sum())
-        m_src += float(res.metric_source.sum())
+        for sub, a in acts.items():
+            act_sums[sub] = act_sums.get(sub, 0) + a
+        m_base += mb
+        m_src += ms
         results.append((batch, res if keep else None))
     total = sum(len(b) for b in batches)
     return NodeScores({k: v / total for k, v in sums.items()}, {k: v / total for k, v in act_sums.items()},
                       m_base / total, m_src / total, total, results)
+
+
+def _unpack(saved: dict):
+    totals = {tuple(k.split("|")): v for k, v in saved["totals"].items()}
+    return totals, saved["acts"], saved["m_base"], saved["m_source"]
 
 
 def node_values(means: dict[PartKey, torch.Tensor], features: Collection[str], *,

@@ -8,6 +8,7 @@ space (``" Alice"``) and must be single tokens; clean and patch must have equal 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,8 +20,10 @@ from .fileio import atomic_write_text
 from .registry import SVA_VARIANTS, TASK_NAMES
 from .words import ORGANISM_WORDS, WORD_LISTS, WordLists, heldout_name_pairs, heldout_noun_pairs
 
+log = logging.getLogger(__name__)
+
 __all__ = ["FIELDS", "IOI_TEMPLATES", "SVA_VARIANTS", "TASK_NAMES", "WORD_LISTS", "Task", "as_batches", "load_task",
-           "make_ioi", "make_sva", "make_task", "save_task", "sva_example", "sva_prefix", "validate"]
+           "make_ioi", "make_sva", "make_task", "n_distinct", "save_task", "sva_example", "sva_prefix", "validate"]
 
 FIELDS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
 
@@ -45,7 +48,8 @@ def ioi_example(template: str, a: str, b: str, place: str, obj: str) -> dict:
 def make_ioi(n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
              name_pairs: Sequence[tuple[str, str]] | None = None,
              templates: Sequence[str] = tuple(IOI_TEMPLATES)) -> list[dict]:
-    """``n`` IOI pairs cycling through ``templates``; (A, B) drawn from ``name_pairs`` when given."""
+    """``n`` distinct IOI pairs cycling through ``templates``; (A, B) drawn from ``name_pairs`` when given.
+    Repeats are redrawn (drawing without replacement), so ``n`` may not exceed the distinct pairs there are."""
     rng = random.Random(seed)
     unknown = [t for t in templates if t not in IOI_TEMPLATES]
     if unknown:
@@ -61,6 +65,35 @@ def make_ioi(n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
         out.append(ioi_example(templates[i % len(templates)], a, b, rng.choice(words.places),
                                rng.choice(words.objects)))
     return out
+
+
+def _ioi_space(words: WordLists, name_pairs) -> int:
+    """Distinct IOI pairs per template."""
+    ordered = 2 * len(set(name_pairs)) if name_pairs else len(words.names) * (len(words.names) - 1)
+    return ordered * len(words.places) * len(words.objects)
+
+
+def _sva_space(variant: str, words: WordLists, noun_pairs) -> int:
+    others = words.attractors if variant == "pp" else words.nouns
+    combos = len(set(noun_pairs)) if noun_pairs and variant != "simple" else \
+        len(words.nouns) * (len(others) - (variant != "pp"))
+    if variant == "simple":
+        return len(words.nouns) * 2 * len(words.main_verbs)
+    if variant == "pp":
+        return combos * 4 * len(words.preps) * len(words.main_verbs)
+    if variant == "rc":
+        return combos * 4 * len(words.rc_verbs) * len(words.main_verbs)
+    return combos * 4 * len(words.rc_verbs)  # within_rc: the main verb is not part of the prompt
+
+
+def _check_count(n, too_many: bool, space: int, what: str) -> None:
+    from .errors import UsageError
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"the number of pairs must be a positive integer, got {n!r}")
+    if too_many:
+        raise UsageError(f"{what} has only {space} distinct pairs with these word lists; asked for {n} "
+                         f"(ask for at most {space})")
 
 
 def sva_prefix(variant: str, subject: str, other: str = "", *, prep: str = "near", rc_verb: str = "likes") -> str:
@@ -104,10 +137,13 @@ def sva_example(variant: str, subject: tuple[str, str], plural: bool, *, other: 
 
 def make_sva(variant: str, n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
              noun_pairs: Sequence[tuple[int, int]] | None = None) -> list[dict]:
-    """``n`` agreement pairs; ``noun_pairs`` (indices into subject nouns × second nouns) restricts
-    which combinations are drawn (used to keep evaluation pairs out of training)."""
+    """``n`` distinct agreement pairs; ``noun_pairs`` (indices into subject nouns × second nouns) restricts
+    which combinations are drawn (used to keep evaluation pairs out of training). Repeats are redrawn, so
+    ``n`` may not exceed the distinct pairs there are."""
+    if variant not in SVA_VARIANTS:
+        raise ValueError(f"unknown agreement variant {variant!r}; valid: {', '.join(SVA_VARIANTS)}")
     rng = random.Random(seed)
-    out = []
+    out: list[dict] = []
     for _ in range(n):
         others = words.attractors if variant == "pp" else words.nouns
         if noun_pairs and variant != "simple":
@@ -124,7 +160,8 @@ def make_sva(variant: str, n: int = 100, *, seed: int = 0, words: WordLists = OR
 
 
 def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists = "organism") -> list[dict]:
-    """Generate a task by name (``ioi``, ``sva-simple``, ``sva-pp``, ``sva-rc``, ``sva-within-rc``).
+    """Generate ``n`` distinct pairs of a task by name (``ioi``, ``sva-simple``, ``sva-pp``, ``sva-rc``,
+    ``sva-within-rc``); :func:`n_distinct` says how many there are.
 
     With the organism's words, the held-out name and noun combinations (never seen in training) are used.
     """
@@ -141,6 +178,21 @@ def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists 
         variant = name[4:].replace("-", "_")
         return make_sva(variant, n, seed=seed, words=words,
                         noun_pairs=heldout_noun_pairs(variant) if held_out else None)
+    raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_NAMES)}")
+
+
+def n_distinct(name: str, words: str | WordLists = "organism") -> int:
+    """How many distinct pairs :func:`make_task` can generate for a task name and word list."""
+    held_out = words == "organism"
+    if isinstance(words, str):
+        if words not in WORD_LISTS:
+            raise ValueError(f"unknown word list {words!r}; valid: {', '.join(WORD_LISTS)}")
+        words = WORD_LISTS[words]
+    if name == "ioi":
+        return _ioi_space(words, heldout_name_pairs() if held_out else None) * len(IOI_TEMPLATES)
+    if name.startswith("sva-") and name[4:].replace("-", "_") in SVA_VARIANTS:
+        variant = name[4:].replace("-", "_")
+        return _sva_space(variant, words, heldout_noun_pairs(variant) if held_out else None)
     raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_NAMES)}")
 
 
@@ -182,29 +234,43 @@ class Task:
 
 
 def load_task(path: str | Path, tokenizer=None, *, name: str | None = None) -> Task:
-    """Read a JSONL task; with a tokenizer, check single-token answers and equal lengths per pair."""
+    """Read a JSONL task, each line checked against :class:`featurecircuits.schemas.TaskLine` (errors name the
+    file and line); with a tokenizer, also check single-token answers and equal lengths per pair. Repeated
+    pairs are logged as a warning."""
+    from .errors import UsageError
+    from .schemas import parse_json, read_text, validate_task_line
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {path} does not exist")
+    text = read_text(path, "task file")
     examples = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        missing = [f for f in FIELDS if not isinstance(ex.get(f), str)]
-        if missing:
-            raise ValueError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")
-        examples.append(ex)
+        where = f"{path}:{lineno}"
+        examples.append(validate_task_line(parse_json(line, where), where))
     if not examples:
-        raise ValueError(f"task file {path} holds no examples")
+        raise UsageError(f"task file {path} holds no examples (expected one JSON object per line with "
+                         f"{', '.join(FIELDS)})")
     task = Task(name or path.stem, examples,
                 dict(Counter(e.get("template") or e.get("variant") or "all" for e in examples)), {"file": str(path)})
+    warn_duplicates(task, str(path))
     if tokenizer is not None:
         validate(task, tokenizer, source=str(path))
     return task
+
+
+def _pair_key(ex: dict) -> tuple:
+    return tuple(ex[f] for f in FIELDS)
+
+
+def warn_duplicates(task: Task, source: str) -> int:
+    """Log a warning when pairs repeat (they weigh double in every mean); returns the number of repeats."""
+    seen = Counter(_pair_key(e) for e in task.examples)
+    repeats = sum(c - 1 for c in seen.values())
+    if repeats:
+        log.warning("%s: %d of %d pairs repeat an earlier pair (%d distinct); repeated pairs weigh more in every "
+                    "mean", source, repeats, len(task.examples), len(seen))
+    return repeats
 
 
 def validate(task: Task, tokenizer, *, source: str = "task") -> None:

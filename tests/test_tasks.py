@@ -80,7 +80,7 @@ def test_loader_errors(tmp_path, tok):
         tasks.load_task(empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"clean_prefix": "The doctor", "patch_prefix": "The doctors"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing or non-string field\(s\) clean_answer, patch_answer"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field clean_answer: required field is missing"):
         tasks.load_task(bad)
     multi = tmp_path / "multi.jsonl"
     multi.write_text(json.dumps({"clean_prefix": "The doctor", "patch_prefix": "The doctors",
