@@ -73,17 +73,39 @@ def _task_spec(meta: dict) -> dict:
     return dict(task) if isinstance(task, dict) else {}
 
 
+def _spec_from_sources(sources: dict) -> str | None:
+    """A ``load_dictionaries`` spec from per-submodule source records (``{"resid_3": {"format": ...,
+    "path": ...}}``): their common folder, with its format prefix where it is not dictionary_learning."""
+    import os
+
+    records = [r for r in sources.values() if isinstance(r, dict) and r.get("path")]
+    formats = {r.get("format") for r in records}
+    if not records or len(formats) != 1:
+        return None
+    (fmt,) = formats
+    if fmt == "neurons":
+        return "neurons"
+    paths = [r["path"] for r in records]
+    root = os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent.parent)
+    if not Path(root).is_dir():
+        return None
+    return root if fmt == "dictionary_learning" else f"{fmt}:{root}"
+
+
 def dictionaries_spec(meta: dict) -> str | None:
-    """What to pass to ``load_dictionaries`` for the circuit, from its metadata (``dictionaries``, or
-    ``dictionary_sources`` as a string or a dict with ``spec``/``root``); None when unknown."""
+    """What to pass to ``load_dictionaries`` for the circuit, from its metadata: ``dictionaries`` (a spec),
+    or ``dictionary_sources`` (a spec string, a dict with ``spec``/``root``, or per-submodule records with
+    ``format`` and ``path``); ``organism`` for the organism; None when unknown."""
     for key in ("dictionaries", "dictionary_sources"):
         value = meta.get(key)
         if isinstance(value, str):
             return value
         if isinstance(value, dict):
-            for sub in ("spec", "root", "name"):
+            for sub in ("spec", "root"):
                 if isinstance(value.get(sub), str):
                     return value[sub]
+            if meta.get("model") != "organism" and (spec := _spec_from_sources(value)):
+                return spec
     if not meta.get("dictionary_sizes"):
         return "none" if "dictionary_sizes" in meta else None
     return "organism" if meta.get("model") == "organism" else None
@@ -366,11 +388,16 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
         info={"generator": {"name": "featurecircuits", "version": __version__},
               "creator_name": "featurecircuits export", "example": example, "task": task_spec,
               "patch_prompt": ex["patch_prefix"]})
-    # the source circuit's scores are summed over positions when it does not keep them
-    if meta.get("aggregation") != "none":
-        for node in data["nodes"]:
-            if node.get("fc_id") not in (None, METRIC_NODE):
-                sub, part, feat, _ = parse_node_id(node["fc_id"])
-                base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
-                node["fc_circuit_score"] = circuit.graph.nodes[base]["score"] if base in circuit.graph else None
+    for node in data["nodes"]:
+        if node.get("fc_id") in (None, METRIC_NODE):
+            continue
+        sub, part, feat, pos = parse_node_id(node["fc_id"])
+        if meta.get("aggregation") != "none":  # the circuit's node is summed over positions
+            base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
+            node["fc_circuit_score"] = circuit.score(base) if base in circuit.graph else None
+        else:
+            base = node["fc_id"]
+        contexts = circuit.graph.nodes[base].get("top_contexts") if base in circuit.graph else None
+        if feat is not None and contexts:  # the contexts the circuit saw over its task data
+            node["clerp"] = f"{sub}/f{feat}: fires on {contexts[0]}"
     return write_graph_files(data, out)

@@ -91,10 +91,11 @@ def _lines(names: list[str], span: dict[str, float], width: float) -> list[list[
 def _spread(names: list[str], span: dict[str, float], width: float, center: float | None, row: float,
             pos: dict) -> None:
     """Place ``names`` (most important first) in lines of ``width`` slots, centred on ``center`` (from
-    x = 0 rightwards when None); the lines are stacked inside the row's band, the first on top."""
+    x = 0 rightwards when None); the first line (the labelled nodes) on the row, the others below it,
+    clear of the labels of the row underneath."""
     lines = _lines(names, span, width)
     for i, line in enumerate(lines):
-        dy = 0.0 if len(lines) == 1 else 0.3 - 0.6 * i / (len(lines) - 1)
+        dy = 0.0 if i == 0 else -0.22 - 0.1 * (i - 1) / max(1, len(lines) - 2)
         total = sum(span[n] for n in line)
         x = 0.0 if center is None else center - total / 2
         for name in line:
@@ -313,9 +314,10 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
                      showgrid=False)
     fig = go.Figure(traces)
     fig.update_layout(
-        title={"text": _esc(heading) + f"<br><span style='font-size:12px;color:#555'>{describe(circuit)}</span>"},
-        template="plotly_white", height=150 + 58 * n_rows, hovermode="closest",
-        margin={"l": 70, "r": 40, "t": 110, "b": 60}, xaxis=xaxis,
+        title={"text": _esc(heading) + f"<br><span style='font-size:12px;color:#555'>{describe(circuit)}</span>",
+               "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 12}},
+        template="plotly_white", height=150 + 66 * n_rows, hovermode="closest",
+        margin={"l": 70, "r": 40, "t": 140, "b": 60}, xaxis=xaxis,
         yaxis={"tickvals": list(range(n_rows)), "ticktext": [_esc(r) for r in rows] + ["<b>metric</b>"],
                "range": [-0.7, n_rows - 0.3], "showgrid": True, "gridcolor": "#f0f0f0", "zeroline": False,
                "fixedrange": False},
@@ -374,8 +376,8 @@ section.on{display:block}
 .note{font-size:13px;color:#444;margin:4px 0}
 .controls{font-size:13px;margin:6px 0;display:flex;gap:14px;align-items:center;flex-wrap:wrap}
 .controls input[type=range]{width:320px}
-.wrap{display:flex;gap:10px;align-items:flex-start}
-.plot{flex:1;min-width:0}
+.wrap{display:flex;gap:10px;align-items:flex-start;overflow-x:auto}
+.plot{flex:1;min-width:1100px}
 .panel{width:300px;font-size:12px;border:1px solid #ddd;border-radius:4px;padding:8px;display:none;
  max-height:80vh;overflow:auto;background:#fcfcfc}
 .panel table{border-collapse:collapse;width:100%}
