@@ -54,16 +54,22 @@ def make_ioi(n: int = 100, *, seed: int = 0, words: WordLists = ORGANISM_WORDS,
     unknown = [t for t in templates if t not in IOI_TEMPLATES]
     if unknown:
         raise ValueError(f"unknown IOI template(s) {unknown}; valid: {', '.join(IOI_TEMPLATES)}")
-    out = []
-    for i in range(n):
+    _check_count(n, -(-n // len(templates)) > _ioi_space(words, name_pairs),
+                 _ioi_space(words, name_pairs) * len(templates), "IOI")
+    out: list[dict] = []
+    seen: set[tuple] = set()
+    while len(out) < n:
         if name_pairs:
             a, b = rng.choice(list(name_pairs))
             if rng.random() < 0.5:
                 a, b = b, a
         else:
             a, b = rng.sample(words.names, 2)
-        out.append(ioi_example(templates[i % len(templates)], a, b, rng.choice(words.places),
-                               rng.choice(words.objects)))
+        ex = ioi_example(templates[len(out) % len(templates)], a, b, rng.choice(words.places),
+                         rng.choice(words.objects))
+        if _pair_key(ex) not in seen:
+            seen.add(_pair_key(ex))
+            out.append(ex)
     return out
 
 
@@ -142,20 +148,26 @@ def make_sva(variant: str, n: int = 100, *, seed: int = 0, words: WordLists = OR
     ``n`` may not exceed the distinct pairs there are."""
     if variant not in SVA_VARIANTS:
         raise ValueError(f"unknown agreement variant {variant!r}; valid: {', '.join(SVA_VARIANTS)}")
+    space = _sva_space(variant, words, noun_pairs)
+    _check_count(n, n > space, space, f"agreement ({variant})")
     rng = random.Random(seed)
     out: list[dict] = []
-    for _ in range(n):
+    seen: set[tuple] = set()
+    while len(out) < n:
         others = words.attractors if variant == "pp" else words.nouns
         if noun_pairs and variant != "simple":
             si, oi = rng.choice(list(noun_pairs))
         else:
             si = rng.randrange(len(words.nouns))
             oi = rng.choice([i for i in range(len(others)) if variant == "pp" or i != si])
-        out.append(sva_example(
+        ex = sva_example(
             variant, words.nouns[si], rng.random() < 0.5,
             other=None if variant == "simple" else others[oi % len(others)], other_plural=rng.random() < 0.5,
             prep=rng.choice(words.preps), rc_verb=rng.choice(words.rc_verbs), main_verb=rng.choice(words.main_verbs),
-        ))
+        )
+        if _pair_key(ex) not in seen:
+            seen.add(_pair_key(ex))
+            out.append(ex)
     return out
 
 

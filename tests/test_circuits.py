@@ -294,14 +294,15 @@ def test_edges_are_the_same_when_results_do_not_fit_in_memory():
 def test_a_small_relp_circuit_is_faithful_on_agreement_in_the_organism(task_name):
     """Issue target: ≤ 200 nodes, faithfulness ≥ 0.8 under full mean ablation (embedding and every layer,
     errors ablated like features), evaluated on other held-out pairs than the ones it was found on."""
-    from featurecircuits.tasks import Task, make_task
+    from featurecircuits.tasks import Task, make_task, n_distinct
 
     model = fc.load_model("organism")
     dicts = fc.load_dictionaries("organism", model)
-    found_on = Task(task_name, make_task(task_name, 48, seed=0))
-    checked_on = Task(task_name, make_task(task_name, 48, seed=1))
-    circuit = discover(model, dicts, found_on, method="relp", top_k=200, n_examples=48, edges=False)
-    result = evaluate(model, dicts, circuit, checked_on, n_examples=48)
+    n = min(48, n_distinct(task_name))  # sva-simple has only 40 distinct pairs
+    found_on = Task(task_name, make_task(task_name, n, seed=0))
+    checked_on = Task(task_name, make_task(task_name, n, seed=1))
+    circuit = discover(model, dicts, found_on, method="relp", top_k=200, n_examples=n, edges=False)
+    result = evaluate(model, dicts, circuit, checked_on, n_examples=n)
     assert len(circuit) == 200
     assert result.faithfulness >= 0.8, result
     assert result.completeness <= 0.2, result

@@ -106,3 +106,32 @@ def test_words_outside_the_vocabulary_are_errors(tmp_path, tok):
                                "clean_answer": " is", "patch_answer": " are"}) + "\n")
     with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
         tasks.load_task(odd, tok)
+
+
+@pytest.mark.parametrize("words", ["organism", "pythia"])
+@pytest.mark.parametrize("name", tasks.TASK_NAMES)
+def test_generated_pairs_are_distinct_and_capped_by_the_distinct_pairs_there_are(name, words):
+    n = tasks.n_distinct(name, words)
+    exs = tasks.make_task(name, min(n, 150), seed=0, words=words)
+    assert len({tuple(e[f] for f in tasks.FIELDS) for e in exs}) == len(exs)
+    with pytest.raises(ValueError, match=f"only {n} distinct pairs"):
+        tasks.make_task(name, n + 3, seed=0, words=words)  # +3: IOI cycles three templates
+
+
+def test_counts_below_one_are_errors():
+    for n in (0, -5):
+        with pytest.raises(ValueError, match="positive integer"):
+            tasks.make_task("ioi", n)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("tasks").glob("*/*.jsonl")))
+def test_shipped_task_files_hold_distinct_pairs(path):
+    task = tasks.load_task(path)
+    assert len({tuple(e[f] for f in tasks.FIELDS) for e in task.examples}) == len(task)
+
+
+def test_duplicate_pairs_are_a_warning(tmp_path, caplog):
+    path = tasks.save_task(tasks.make_task("sva-rc", 3, seed=0) * 2, tmp_path / "dup.jsonl")
+    with caplog.at_level("WARNING"):
+        assert len(tasks.load_task(path)) == 6
+    assert "3 of 6 pairs repeat an earlier pair (3 distinct)" in caplog.text

@@ -11,7 +11,7 @@ from ..attribution import attribute
 from ..data import logit_diff
 from ..models import Model
 from ..splice import Splice, run
-from ..tasks import TASK_NAMES, Task, make_task
+from ..tasks import TASK_NAMES, Task, make_task, n_distinct
 from . import corpus
 
 
@@ -100,7 +100,7 @@ def small_circuits(model: Model, dictionaries: dict, *, n_nodes: int = 200, n: i
     for name in TASK_NAMES:
         if not name.startswith("sva"):
             continue
-        found_on, checked_on = (Task(name, make_task(name, n, seed=seed)) for seed in (0, 1))
+        found_on, checked_on = (Task(name, make_task(name, min(n, n_distinct(name)), seed=seed)) for seed in (0, 1))
         for method in methods:
             circuit = discover(model, dictionaries, found_on, method=method, top_k=n_nodes, n_examples=n,
                                edges=False)
@@ -111,7 +111,8 @@ def small_circuits(model: Model, dictionaries: dict, *, n_nodes: int = 200, n: i
 
 
 def heldout_tasks(n: int = 200, seed: int = 1) -> dict[str, Task]:
-    return {name: Task(name, make_task(name, n, seed=seed)) for name in TASK_NAMES}
+    """``n`` distinct pairs per task, or all there are (sva-simple has 40, sva-pp 192)."""
+    return {name: Task(name, make_task(name, min(n, n_distinct(name)), seed=seed)) for name in TASK_NAMES}
 
 
 def _grid_table(tokens: list[str], grid: torch.Tensor, row_label: str) -> list[str]:
