@@ -18,9 +18,16 @@ from .report import table
 # Nothing here imports torch at module level: ``featurecircuits --help`` and every check of options and
 # input files answer before torch loads. Each command imports what it needs.
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ORGANISM_MODEL_DIR = REPO_ROOT / "models" / "organism"
-DICTIONARY_ROOT = REPO_ROOT / "dictionaries"
+def _data_root() -> Path:
+    """Where models/ and dictionaries/ are (as ``models.REPO_ROOT``, without importing torch): the installed
+    package's ``_data`` folder, else the repository root."""
+    package = Path(__file__).resolve().parent
+    return package / "_data" if (package / "_data" / "models").is_dir() else package.parent
+
+
+DATA_ROOT = _data_root()
+ORGANISM_MODEL_DIR = DATA_ROOT / "models" / "organism"
+DICTIONARY_ROOT = DATA_ROOT / "dictionaries"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,6 +82,11 @@ def rules(text: str):
         return LRPConfig.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rule_sets(text: str) -> list:
+    """``default;attention=ah`` → one LRPConfig per ``;``-separated rule set (compare sweeps them)."""
+    return [rules(part) for part in text.split(";")]
 
 
 def methods(text: str) -> list[str]:
@@ -169,11 +181,38 @@ def check_outputs(args, files: dict[str, str | None], folders: dict[str, tuple[s
         existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UsageError(f"{option} {folder}: {existing} is not writable")
+        if not names:  # the folder is ours as a whole (a run folder)
+            claim(option, folder)
+            for what, src in inputs.items():
+                if _same(src, folder):
+                    raise UsageError(f"{option} {folder} holds the {what} ({src}); give another folder")
         for n in names:
             target = folder / n
             if target.is_dir():
                 raise UsageError(f"{option} {folder}: {target} is a directory")
             claim(option, target)
+
+
+def check_model_option(model: str | None) -> None:
+    """A --model that names a path must be a model folder (with config.json) or a .gguf file; checked before
+    anything loads (a missing folder would otherwise be tried as a hub id, with network retries)."""
+    from .registry import GGUF_PACKAGES, ORGANISM
+
+    if model is None or model == ORGANISM or model in GGUF_PACKAGES:
+        return
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise UsageError(f"--model {model}: GGUF file does not exist")
+        return
+    if path.is_absolute() or model.startswith((".", "~")) or path.exists() or model.count("/") > 1:
+        if not path.exists():
+            raise UsageError(f"--model {model}: no such folder (give 'organism', a model folder with config.json, "
+                             f"a hub id such as EleutherAI/pythia-70m-deduped, 'smollm2' or a .gguf file)")
+        if not path.is_dir():
+            raise UsageError(f"--model {model} is a file, not a model folder (or a .gguf file)")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {model}: the folder has no config.json, so it is not a model folder")
 
 
 def _run_folder(args, out: str) -> Path:
@@ -270,7 +309,7 @@ def _run_key(args, command: str, task, dicts) -> dict:
 
 
 def cmd_discover(args) -> int:
-    check_outputs(args, {"--out": args.out, "--html": args.html, "--run-dir": str(_run_folder(args, args.out))})
+    check_outputs(args, {"--out": args.out, "--html": args.html}, {"--run-dir": (str(_run_folder(args, args.out)), [])})
     loaded = _file_task(args)
 
     from .circuit import discover
@@ -339,7 +378,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_curve(args) -> int:
-    check_outputs(args, {"--out": args.out, "--html": args.html, "--run-dir": str(_run_folder(args, args.out))})
+    check_outputs(args, {"--out": args.out, "--html": args.html}, {"--run-dir": (str(_run_folder(args, args.out)), [])})
     loaded = _file_task(args)
 
     import json
@@ -409,22 +448,45 @@ def cmd_compare(args) -> int:
     from pathlib import Path
 
     from .compare import PAPER_TABLE5, compare, comparison_figure
+    from .config import LRPConfig
     from .fileio import atomic_write_many
     from .models import load_model
+    from .tasks import Task
 
     model = load_model(args.model)
     task = _task(args, model, loaded)
-    batches = task.batches(model.tokenizer, args.batch_size, n=args.n_examples)
+    sweep = args.rules or [LRPConfig()]
+    args.rules = sweep[0]
+    # Batches per template (IOI) or variant, so that figures can be given per template as well.
+    examples = task.examples[:args.n_examples]
+    key = lambda e: e.get("template") or e.get("variant") or "all"  # noqa: E731
+    batches, groups = [], []
+    for name in dict.fromkeys(map(key, examples)):
+        part = Task(task.name, [e for e in examples if key(e) == name]).batches(model.tokenizer, args.batch_size)
+        batches += part
+        groups += [name] * len(part)
     comp = compare(model, batches, methods=args.methods, normalized=args.normalized, task_name=task.name,
-                   attribution=_attribution(args, args.methods[0]), progress=True)
+                   attribution=_attribution(args, args.methods[0]), rules=sweep, groups=groups, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_many({out / "comparison.json": json.dumps(comp.to_dict(), indent=1),
                        out / "comparison.html": _html(comparison_figure(comp))})
-    rows = [{"component": kind, **{f"PCC {m}": f"{comp.pcc[m][kind]:.3f}" for m in comp.methods}}
-            for kind in ("resid", "attn", "mlp")]
-    print(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: Pearson correlation with activation patching\n")
+    pooling_names = {"cell_means": "cell means", "pairs_x_cells": "pairs × cells"}
+
+    def pcc_rows(by_pooling, first=None):
+        return [{**(first or {}), "component": kind, "pooling": pooling_names[pooling],
+                 **{f"PCC {m}": f"{by_pooling[pooling][m][kind]:.3f}" for m in comp.methods}}
+                for kind in ("resid", "attn", "mlp") for pooling in pooling_names]
+
+    rows = pcc_rows(comp.pcc_by_pooling)
+    print(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: Pearson correlation with activation patching "
+          "(cell means: each layer × position cell averaged over pairs; pairs × cells: nothing averaged)\n")
     print(table(rows, list(rows[0])))
+    if comp.by_group:
+        rows = [r for name, g in comp.by_group.items()
+                for r in pcc_rows(g, {"group": f"{name} ({g['n_pairs']})"})]
+        print("\nPer template:\n")
+        print(table(rows, list(rows[0])))
     print("\nThe RelP paper's Table 5 (IOI): " + "; ".join(
         f"{name} {kind} AtP {v['atp']:.3f} / RelP {v['relp']:.3f}"
         for name, kinds in PAPER_TABLE5.items() for kind, v in kinds.items()))
@@ -613,11 +675,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never ablate submodules of earlier layers (Sparse Feature Circuits uses 2)")
         p.add_argument("--no-embed", action="store_true", help="never ablate the embedding")
 
-    def attribution(p, *, direction=True):
-        p.add_argument("--rules", type=rules, default="default",
-                       help="LRP rules for relp: default (the family's), gradient, paper, then key=value overrides, "
-                            "e.g. 'attention=ah' or 'gradient,gate=half' (keys: norm, act, linear, attention, gate, "
-                            "epsilon, gamma)")
+    def attribution(p, *, direction=True, sweep=False):
+        rules_help = ("LRP rules for relp: default (the family's), gradient, paper, then key=value overrides, "
+                      "e.g. 'attention=ah' or 'gradient,gate=half' (keys: norm, act, linear, attention, gate, "
+                      "qk_norm, epsilon, gamma)")
+        if sweep:
+            p.add_argument("--rules", type=rule_sets, action="extend", default=None,
+                           help=rules_help + "; repeat --rules or separate rule sets with ';' to sweep them "
+                                             "(AP is computed once and reused)")
+        else:
+            p.add_argument("--rules", type=rules, default="default", help=rules_help)
         p.add_argument("--ig-steps", type=positive_int, default=10, help="integrated-gradients steps")
         if direction:
             p.add_argument("--direction", choices=["noising", "denoising"], default="noising",
@@ -667,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--batch-size", type=positive_int, default=25, help="pairs per batch")
     cmp.add_argument("--seed", type=int, default=0, help="seed for a generated --task")
     cmp.add_argument("--methods", type=methods, default="atp,relp", help="methods compared with AP")
-    attribution(cmp)
+    attribution(cmp, sweep=True)
     cmp.add_argument("--normalized", action="store_true",
                      help="metric (LD − LD_patch)/(LD_clean − LD_patch) instead of the logit difference")
     cmp.add_argument("--out", required=True, help="folder for comparison.json and comparison.html")
@@ -754,9 +821,10 @@ def _on_sigterm(signum, frame):
 
 
 def _own_handler(record: logging.LogRecord) -> bool:
-    """Libraries that print through their own handler (huggingface_hub, transformers) are not printed again
-    by ours: that is what printed each offline-retry warning twice."""
-    return not record.name.startswith(("huggingface_hub", "transformers"))
+    """Records of libraries that print through their own handler (huggingface_hub, transformers, once they
+    have configured it) are not printed again by ours: that printed each offline-retry warning twice."""
+    library = record.name.split(".", 1)[0]
+    return library not in ("huggingface_hub", "transformers") or not logging.getLogger(library).handlers
 
 
 def setup_logging(verbose: bool) -> None:
@@ -787,6 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading_main():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.command in ("discover", "evaluate", "curve", "compare", "export"):
+            check_model_option(args.model)
         return args.func(args)
     except KeyboardInterrupt as exc:
         run = getattr(args, "run_folder", None)

@@ -1,0 +1,389 @@
+"""A catalogue of bad and hostile inputs through the command line (issue 17).
+
+Every case asserts the exit code, that the message names the culprit (file, line or JSON path, option),
+that no traceback is printed, and that no input or earlier output changed. Most fail before any model is
+loaded; the few that need the model (vocabulary, token lengths, layers, a circuit of another model) use the
+organism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from featurecircuits.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = [
+    {"clean_prefix": "The athlete that the managers like", "patch_prefix": "The athletes that the managers like",
+     "clean_answer": " is", "patch_answer": " are"},
+    {"clean_prefix": "The doctor near the cars", "patch_prefix": "The doctors near the cars",
+     "clean_answer": " was", "patch_answer": " were"},
+]
+LINE = json.dumps(GOOD[0])
+
+
+def _circuit(**changes) -> dict:
+    c = {"schema": "featurecircuits.circuit", "version": 1,
+         "metadata": {"model": "organism", "family": "gpt_neox", "n_layers": 6, "d_model": 128,
+                      "method": "relp", "submodules": ["embed"] + [f"{k}_{i}" for i in range(6)
+                                                                   for k in ("attn", "mlp", "resid")]},
+         "nodes": [{"id": "logit", "kind": "metric", "score": 1.5},
+                   {"id": "resid_5/f3", "kind": "feature", "score": 0.5, "submodule": "resid_5", "layer": 5,
+                    "position": None, "feature": 3},
+                   {"id": "mlp_2/err", "kind": "error", "score": -0.2, "submodule": "mlp_2", "layer": 2}],
+         "edges": [{"source": "resid_5/f3", "target": "logit", "weight": 0.5},
+                   {"source": "mlp_2/err", "target": "resid_5/f3", "weight": 0.1}]}
+    for path, value in changes.items():
+        *head, last = path.split(".")
+        target = c
+        for key in head:
+            target = target[int(key)] if key.isdigit() else target[key]
+        if value is _DELETE:
+            del target[int(last) if last.isdigit() else last]
+        elif last.isdigit():
+            target[int(last)] = value
+        else:
+            target[last] = value
+    return c
+
+
+_DELETE = object()
+
+
+def _json(obj) -> str:
+    return json.dumps(obj)
+
+
+def _deep(n: int = 100_000) -> str:
+    return "[" * n + "]" * n
+
+
+# Files every case finds in its folder (written fresh per case): inputs and earlier outputs.
+def _setup(t: Path) -> None:
+    (t / "good.jsonl").write_text("".join(json.dumps(e) + "\n" for e in GOOD))
+    (t / "circuit.json").write_text(json.dumps(_circuit()))
+    (t / "earlier.json").write_text('{"an earlier": "output"}\n')
+    (t / "earlier.html").write_text("<p>an earlier page</p>\n")
+    (t / "dir").mkdir()
+    (t / "full").mkdir()
+    (t / "full" / "x.txt").write_text("x")
+    (t / "modeldir").mkdir()
+    (t / "link.jsonl").symlink_to(t / "good.jsonl")
+
+
+# (kind, id, files to write {name: text or bytes}, argv with {t} for the folder, exit code, words the message
+# must contain)
+D = ["discover", "--out", "{t}/earlier.json"]  # an earlier output: must survive the failed run
+E = ["evaluate", "--task", "{t}/good.jsonl"]
+P = ["plot", "--out", "{t}/earlier.html"]
+
+CASES = [
+    # ---------------------------------------------------------------------------------------- tasks
+    ("task", "missing-file", {}, D + ["--task", "{t}/nope.jsonl"], 2, ["nope.jsonl", "neither a file"]),
+    ("task", "directory", {}, D + ["--task", "{t}/dir"], 2, ["dir", "is a directory"]),
+    ("task", "unknown-name", {}, D + ["--task", "sva-xx"], 2, ["sva-xx", "ioi"]),
+    ("task", "empty-file", {"t.jsonl": ""}, D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "no examples"]),
+    ("task", "blank-lines", {"t.jsonl": "\n  \n\n"}, D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "no examples"]),
+    ("task", "invalid-json", {"t.jsonl": LINE + "\n{oops\n"}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:2", "not valid JSON"]),
+    ("task", "array-line", {"t.jsonl": "[1, 2]\n"}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "expected a JSON object", "array"]),
+    ("task", "null-line", {"t.jsonl": LINE + "\nnull\n"}, D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:2", "null"]),
+    ("task", "number-line", {"t.jsonl": "42\n"}, D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:1", "int"]),
+    ("task", "string-line", {"t.jsonl": '"hello"\n'}, D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:1", "str"]),
+    ("task", "missing-answer", {"t.jsonl": _json({k: v for k, v in GOOD[0].items() if k != "clean_answer"})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:1", "clean_answer", "missing"]),
+    ("task", "missing-prefix", {"t.jsonl": LINE + "\n" + _json({**GOOD[0], "patch_prefix": None} | {}) + "\n"},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:2", "patch_prefix", "string"]),
+    ("task", "number-answer", {"t.jsonl": _json({**GOOD[0], "patch_answer": 3})}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "patch_answer", "expected a string"]),
+    ("task", "bool-answer", {"t.jsonl": _json({**GOOD[0], "clean_answer": True})}, D + ["--task", "{t}/t.jsonl"],
+     2, ["t.jsonl:1", "clean_answer"]),
+    ("task", "object-prefix", {"t.jsonl": _json({**GOOD[0], "clean_prefix": {"a": 1}})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:1", "clean_prefix"]),
+    ("task", "empty-prefix", {"t.jsonl": _json({**GOOD[0], "clean_prefix": ""})}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "clean_prefix", "empty"]),
+    ("task", "blank-prefix", {"t.jsonl": _json({**GOOD[0], "patch_prefix": "   "})}, D + ["--task", "{t}/t.jsonl"],
+     2, ["t.jsonl:1", "patch_prefix", "empty"]),
+    ("task", "empty-answer", {"t.jsonl": _json({**GOOD[0], "patch_answer": ""})}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "patch_answer", "empty"]),
+    ("task", "equal-answers", {"t.jsonl": LINE + "\n" + _json({**GOOD[1], "patch_answer": " was"})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:2", "clean_answer and patch_answer", "' was'"]),
+    ("task", "equal-prompts", {"t.jsonl": _json({**GOOD[0], "patch_prefix": GOOD[0]["clean_prefix"]})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:1", "clean_prefix and patch_prefix are the same"]),
+    ("task", "not-utf8", {"t.jsonl": LINE.encode() + b"\n" + b'{"clean_prefix": "caf\xe9"}\n'},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:2", "UTF-8"]),
+    ("task", "deeply-nested", {"t.jsonl": _deep() + "\n"}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "nested too deeply"]),
+    ("task", "utf8-bom", {"t.jsonl": "\ufeff" + LINE + "\n"}, D + ["--task", "{t}/t.jsonl"], 2,
+     ["t.jsonl:1", "not valid JSON"]),
+    ("task", "bad-third-line", {"t.jsonl": LINE + "\n" + LINE + "\n" + _json({"clean_prefix": 1}) + "\n"},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl:3", "clean_prefix"]),
+    ("task", "bad-file-for-evaluate", {"t.jsonl": "[]\n"}, ["evaluate", "--task", "{t}/t.jsonl", "--circuit",
+                                                            "{t}/circuit.json"], 2, ["t.jsonl:1"]),
+    ("task", "bad-file-for-curve", {"t.jsonl": "null\n"}, ["curve", "--task", "{t}/t.jsonl", "--out",
+                                                          "{t}/earlier.json"], 2, ["t.jsonl:1"]),
+    ("task", "bad-file-for-compare", {"t.jsonl": "null\n"}, ["compare", "--task", "{t}/t.jsonl", "--out",
+                                                            "{t}/cmp"], 2, ["t.jsonl:1"]),
+    # these need the tokenizer, so the organism loads (no forward runs)
+    ("task", "word-not-in-vocabulary", {"t.jsonl": _json({**GOOD[0], "clean_prefix": "The wombat that the "
+                                                          "managers like"})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "vocabulary"]),
+    ("task", "unequal-lengths", {"t.jsonl": _json({**GOOD[0], "patch_prefix": "The athletes that the managers"})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "clean prefix has 6 tokens", "patch prefix has 5"]),
+    ("task", "multi-token-answer", {"t.jsonl": _json({**GOOD[0], "clean_answer": " is is"})},
+     D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "single token"]),
+    ("task", "more-examples-than-distinct", {}, D + ["--task", "sva-simple", "--n-examples", "41"], 2,
+     ["--n-examples 41", "only 40 distinct pairs"]),
+    ("task", "make-negative-n", {}, ["tasks", "make", "ioi", "--n", "-5", "--out", "{t}/earlier.json"], 2,
+     ["--n", "≥ 1", "-5"]),
+    ("task", "make-zero-n", {}, ["tasks", "make", "ioi", "--n", "0", "--out", "{t}/earlier.json"], 2, ["--n", "≥ 1"]),
+    ("task", "make-n-not-a-number", {}, ["tasks", "make", "ioi", "--n", "ten", "--out", "{t}/x.jsonl"], 2,
+     ["--n", "'ten'"]),
+    ("task", "make-too-many", {}, ["tasks", "make", "sva-simple", "--n", "41", "--out", "{t}/earlier.json"], 2,
+     ["only 40 distinct pairs"]),
+    ("task", "make-unknown-task", {}, ["tasks", "make", "sva-x", "--out", "{t}/x.jsonl"], 2, ["sva-x"]),
+    ("task", "make-unknown-words", {}, ["tasks", "make", "ioi", "--words", "klingon", "--out", "{t}/x.jsonl"], 2,
+     ["klingon"]),
+    # ------------------------------------------------------------------------------------- circuits
+    ("circuit", "missing-file", {}, E + ["--circuit", "{t}/nope.json"], 2, ["nope.json", "does not exist"]),
+    ("circuit", "directory", {}, E + ["--circuit", "{t}/dir"], 2, ["dir", "is a directory"]),
+    ("circuit", "not-json", {"c.json": "{nodes: }"}, E + ["--circuit", "{t}/c.json"], 2, ["c.json", "not valid JSON"]),
+    ("circuit", "empty-file", {"c.json": ""}, E + ["--circuit", "{t}/c.json"], 2, ["c.json", "not valid JSON"]),
+    ("circuit", "array", {"c.json": "[]"}, E + ["--circuit", "{t}/c.json"], 2, ["c.json", "expected a JSON object"]),
+    ("circuit", "null", {"c.json": "null"}, E + ["--circuit", "{t}/c.json"], 2, ["c.json", "null"]),
+    ("circuit", "wrong-schema", {"c.json": _json(_circuit(schema="other"))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.schema", "'other'"]),
+    ("circuit", "wrong-version", {"c.json": _json(_circuit(version=99))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.version", "99"]),
+    ("circuit", "missing-nodes", {"c.json": _json(_circuit(nodes=_DELETE))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.nodes", "missing"]),
+    ("circuit", "missing-edges", {"c.json": _json(_circuit(edges=_DELETE))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.edges", "missing"]),
+    ("circuit", "node-without-id", {"c.json": _json(_circuit(**{"nodes.1.id": _DELETE}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].id", "missing"]),
+    ("circuit", "node-without-score", {"c.json": _json(_circuit(**{"nodes.2.score": _DELETE}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[2].score", "missing"]),
+    ("circuit", "string-score", {"c.json": _json(_circuit(**{"nodes.1.score": "0.5"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].score", "expected a number", '"0.5"']),
+    ("circuit", "bool-score", {"c.json": _json(_circuit(**{"nodes.1.score": True}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].score", "expected a number"]),
+    ("circuit", "nan-score", {"c.json": _json(_circuit(**{"nodes.1.score": float("nan")}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].score", "finite"]),
+    ("circuit", "infinite-weight", {"c.json": _json(_circuit(**{"edges.0.weight": float("inf")}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.edges[0].weight", "finite"]),
+    ("circuit", "edge-without-weight", {"c.json": _json(_circuit(**{"edges.1.weight": _DELETE}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.edges[1].weight", "missing"]),
+    ("circuit", "edge-to-unknown-node", {"c.json": _json(_circuit(**{"edges.0.target": "attn_9"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.edges[0].target", "'attn_9'"]),
+    ("circuit", "malformed-node-id", {"c.json": _json(_circuit(**{"nodes.2.id": "mlp_2/x"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[2].id", "malformed node id"]),
+    ("circuit", "duplicate-node", {"c.json": _json(_circuit(**{"nodes.2.id": "resid_5/f3"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[2].id", "twice"]),
+    ("circuit", "nodes-not-a-list", {"c.json": _json(_circuit(nodes={"a": 1}))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.nodes", "JSON array"]),
+    ("circuit", "node-is-null", {"c.json": _json(_circuit(**{"nodes.1": None}))}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "$.nodes[1]", "JSON object"]),
+    ("circuit", "negative-feature", {"c.json": _json(_circuit(**{"nodes.1.feature": -3}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].feature"]),
+    ("circuit", "submodules-not-a-list", {"c.json": _json(_circuit(**{"metadata.submodules": "embed"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.metadata.submodules", "JSON array"]),
+    ("circuit", "deeply-nested", {"c.json": '{"schema": "featurecircuits.circuit", "x": ' + _deep() + "}"},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "nested too deeply"]),
+    ("circuit", "not-utf8", {"c.json": b'{"schema": "\xff"}'}, E + ["--circuit", "{t}/c.json"], 2,
+     ["c.json", "UTF-8"]),
+    ("circuit", "another-model", {"c.json": _json(_circuit(**{"metadata.n_layers": 2}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "another model"]),
+    ("circuit", "unknown-submodule", {"c.json": _json(_circuit(**{"nodes.1.id": "resid_9/f3",
+                                                                  "edges.0.source": "resid_9/f3",
+                                                                  "edges.1.target": "resid_9/f3"}))},
+     E + ["--circuit", "{t}/c.json"], 2, ["c.json", "resid_9"]),
+    ("circuit", "plot-string-score", {"c.json": _json(_circuit(**{"nodes.1.score": "high"}))},
+     P + ["--circuit", "{t}/c.json"], 2, ["c.json", "$.nodes[1].score"]),
+    ("circuit", "plot-missing", {}, P + ["--circuit", "{t}/nope.json"], 2, ["nope.json"]),
+    ("circuit", "export-bad", {"c.json": "[1]"}, ["export", "--circuit", "{t}/c.json", "--out", "{t}/exp"], 2,
+     ["c.json", "expected a JSON object"]),
+    # -------------------------------------------------------------------------------------- options
+    ("option", "n-examples-0", {}, D + ["--task", "ioi", "--n-examples", "0"], 2, ["--n-examples", "≥ 1"]),
+    ("option", "n-examples-negative", {}, D + ["--task", "{t}/good.jsonl", "--n-examples", "-5"], 2,
+     ["--n-examples", "-5"]),
+    ("option", "batch-size-0", {}, D + ["--task", "ioi", "--batch-size", "0"], 2, ["--batch-size", "≥ 1"]),
+    ("option", "batch-size-negative", {}, E + ["--circuit", "{t}/circuit.json", "--batch-size", "-1"], 2,
+     ["--batch-size", "-1"]),
+    ("option", "ig-steps-0", {}, D + ["--task", "ioi", "--method", "ig", "--ig-steps", "0"], 2, ["--ig-steps"]),
+    ("option", "top-k-negative", {}, D + ["--task", "ioi", "--top-k", "-1"], 2, ["--top-k", "≥ 0"]),
+    ("option", "node-threshold-nan", {}, D + ["--task", "ioi", "--node-threshold", "nan"], 2,
+     ["--node-threshold", "finite"]),
+    ("option", "node-threshold-inf", {}, D + ["--task", "ioi", "--node-threshold", "inf"], 2, ["--node-threshold"]),
+    ("option", "node-threshold-negative", {}, D + ["--task", "ioi", "--node-threshold", "-0.1"], 2,
+     ["--node-threshold", "≥ 0"]),
+    ("option", "edge-threshold-text", {}, D + ["--task", "ioi", "--edge-threshold", "abc"], 2,
+     ["--edge-threshold", "'abc'"]),
+    ("option", "unknown-method", {}, D + ["--task", "ioi", "--method", "shap"], 2, ["--method", "shap"]),
+    ("option", "methods-empty-item", {}, ["curve", "--task", "ioi", "--methods", "relp,,atp", "--out",
+                                          "{t}/earlier.json"], 2, ["--methods", "empty method name"]),
+    ("option", "methods-unknown", {}, ["curve", "--task", "ioi", "--methods", "relp,foo", "--out",
+                                       "{t}/earlier.json"], 2, ["--methods", "'foo'"]),
+    ("option", "methods-repeated", {}, ["curve", "--task", "ioi", "--methods", "relp,relp", "--out",
+                                        "{t}/earlier.json"], 2, ["--methods", "twice"]),
+    ("option", "thresholds-empty-item", {}, ["curve", "--task", "ioi", "--thresholds", "0.1,,0.2", "--out",
+                                             "{t}/earlier.json"], 2, ["--thresholds", "empty item"]),
+    ("option", "thresholds-nan", {}, ["curve", "--task", "ioi", "--thresholds", "0.1,nan", "--out",
+                                      "{t}/earlier.json"], 2, ["--thresholds", "finite"]),
+    ("option", "rules-bad-value", {}, D + ["--task", "ioi", "--rules", "attention=xx"], 2, ["--rules", "'xx'"]),
+    ("option", "rules-unknown-set", {}, D + ["--task", "ioi", "--rules", "lrp-magic"], 2, ["--rules", "lrp-magic"]),
+    ("option", "direction", {}, D + ["--task", "ioi", "--direction", "sideways"], 2, ["--direction", "sideways"]),
+    ("option", "start-layer-negative", {}, E + ["--circuit", "{t}/circuit.json", "--start-layer", "-1"], 2,
+     ["--start-layer", "≥ 0"]),
+    ("option", "start-layer-beyond-model", {}, E + ["--circuit", "{t}/circuit.json", "--start-layer", "99"], 2,
+     ["--start-layer 99", "6 layers"]),
+    ("option", "curve-start-layer-beyond-model", {}, ["curve", "--task", "ioi", "--start-layer", "6", "--out",
+                                                      "{t}/earlier.json"], 2, ["--start-layer 6", "6 layers"]),
+    ("option", "ablation", {}, E + ["--circuit", "{t}/circuit.json", "--ablation", "median"], 2,
+     ["--ablation", "median"]),
+    ("option", "compare-n-0", {}, ["compare", "--n", "0", "--out", "{t}/cmp"], 2, ["--n", "≥ 1"]),
+    ("option", "compare-batch-size-0", {}, ["compare", "--batch-size", "0", "--out", "{t}/cmp"], 2,
+     ["--batch-size"]),
+    ("option", "plot-top-k-negative", {}, P + ["--circuit", "{t}/circuit.json", "--top-k", "-1"], 2, ["--top-k"]),
+    ("option", "export-example-negative", {}, ["export", "--circuit", "{t}/circuit.json", "--example", "-1", "--out",
+                                               "{t}/exp"], 2, ["--example"]),
+    ("option", "plan-batch-0", {}, ["plan", "--model", "organism", "--batch", "0", "--tokens", "8"], 2, ["--batch"]),
+    ("option", "demo-n-examples-0", {}, ["demo", "--n-examples", "0", "--out", "{t}/demo"], 2, ["--n-examples"]),
+    ("option", "no-subcommand", {}, [], 2, ["COMMAND"]),
+    ("option", "unknown-subcommand", {}, ["discovr"], 2, ["discovr"]),
+    ("option", "train-without-out", {}, ["organism", "train"], 2, ["--out DIR is required", "--replace-shipped"]),
+    ("option", "train-out-and-replace", {}, ["organism", "train", "--out", "{t}/new", "--replace-shipped"], 2,
+     ["--replace-shipped"]),
+    ("option", "resume-without-run", {}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["--resume", "earlier.json.run"]),
+    # --------------------------------------------------------------------------------------- models
+    ("model", "missing-folder", {}, D + ["--task", "ioi", "--model", "{t}/nomodel"], 2, ["--model", "nomodel"]),
+    ("model", "folder-without-config", {}, D + ["--task", "ioi", "--model", "{t}/modeldir"], 2,
+     ["--model", "modeldir", "config.json"]),
+    ("model", "a-file", {}, D + ["--task", "ioi", "--model", "{t}/good.jsonl"], 2, ["--model", "good.jsonl", "file"]),
+    ("model", "missing-gguf", {}, D + ["--task", "ioi", "--model", "{t}/m.gguf"], 2, ["--model", "m.gguf"]),
+    ("model", "evaluate-missing-folder", {}, E + ["--circuit", "{t}/circuit.json", "--model", "./no/such/model"], 2,
+     ["./no/such/model"]),
+    ("model", "compare-missing-folder", {}, ["compare", "--model", "{t}/nomodel", "--out", "{t}/cmp"], 2,
+     ["nomodel"]),
+    # ------------------------------------------------------------------------------ dictionaries (CLI)
+    ("dictionaries", "missing-folder", {}, D + ["--task", "{t}/good.jsonl", "--dictionaries", "{t}/nodicts"], 2,
+     ["nodicts"]),
+    ("dictionaries", "empty-folder", {}, D + ["--task", "{t}/good.jsonl", "--dictionaries", "{t}/dir"], 2,
+     ["dir"]),
+    # -------------------------------------------------------------------------------------- outputs
+    ("output", "out-is-the-task", {}, ["discover", "--task", "{t}/good.jsonl", "--out", "{t}/good.jsonl"], 2,
+     ["--out", "good.jsonl", "overwrite the task file"]),
+    ("output", "out-through-symlink-to-task", {}, ["discover", "--task", "{t}/good.jsonl", "--out",
+                                                   "{t}/link.jsonl"], 2, ["--out", "overwrite the task file"]),
+    ("output", "html-is-the-task", {}, D + ["--task", "{t}/good.jsonl", "--html", "{t}/good.jsonl"], 2,
+     ["--html", "overwrite the task file"]),
+    ("output", "out-equals-html", {}, D + ["--task", "ioi", "--html", "{t}/earlier.json"], 2,
+     ["--html", "--out", "both name"]),
+    ("output", "out-is-a-directory", {}, ["discover", "--task", "ioi", "--out", "{t}/dir"], 2,
+     ["--out", "dir", "is a directory"]),
+    ("output", "out-in-missing-folder", {}, ["discover", "--task", "ioi", "--out", "{t}/missing/c.json"], 2,
+     ["--out", "missing", "does not exist"]),
+    ("output", "out-under-a-file", {}, ["discover", "--task", "ioi", "--out", "{t}/good.jsonl/c.json"], 2,
+     ["--out", "does not exist"]),
+    ("output", "out-in-shipped-dictionaries", {}, ["discover", "--task", "ioi", "--out",
+                                                   str(REPO / "dictionaries" / "organism" / "x.json")], 2,
+     ["--out", "overwrite the dictionaries"]),
+    ("output", "out-is-the-shipped-model", {}, ["discover", "--task", "ioi", "--out",
+                                                str(REPO / "models" / "organism" / "config.json")], 2,
+     ["--out", "overwrite the organism model"]),
+    ("output", "evaluate-out-is-the-circuit", {}, E + ["--circuit", "{t}/circuit.json", "--out", "{t}/circuit.json"],
+     2, ["--out", "overwrite the circuit file"]),
+    ("output", "evaluate-out-is-the-task", {}, E + ["--circuit", "{t}/circuit.json", "--out", "{t}/good.jsonl"], 2,
+     ["--out", "overwrite the task file"]),
+    ("output", "plot-out-is-the-circuit", {}, ["plot", "--circuit", "{t}/circuit.json", "--out", "{t}/circuit.json"],
+     2, ["--out", "overwrite the circuit file"]),
+    ("output", "curve-out-equals-html", {}, ["curve", "--task", "ioi", "--out", "{t}/earlier.json", "--html",
+                                             "{t}/earlier.json"], 2, ["both name"]),
+    ("output", "curve-out-is-a-directory", {}, ["curve", "--task", "ioi", "--out", "{t}/dir"], 2,
+     ["--out", "is a directory"]),
+    ("output", "tasks-make-out-is-a-directory", {}, ["tasks", "make", "ioi", "--out", "{t}/dir"], 2,
+     ["--out", "is a directory"]),
+    ("output", "tasks-make-missing-folder", {}, ["tasks", "make", "ioi", "--out", "{t}/missing/t.jsonl"], 2,
+     ["--out", "does not exist"]),
+    ("output", "compare-out-is-a-file", {}, ["compare", "--out", "{t}/earlier.json"], 2, ["--out", "is a file"]),
+    ("output", "compare-would-overwrite-its-task", {"cmpdir/comparison.json": LINE + "\n"},
+     ["compare", "--task", "{t}/cmpdir/comparison.json", "--out", "{t}/cmpdir"], 2, ["overwrite the task file"]),
+    ("output", "demo-out-is-a-file", {}, ["demo", "--out", "{t}/earlier.json"], 2, ["--out", "is a file"]),
+    ("output", "export-out-is-a-file", {}, ["export", "--circuit", "{t}/circuit.json", "--out", "{t}/earlier.json"],
+     2, ["--out", "is a file"]),
+    ("output", "run-dir-is-a-file", {}, D + ["--task", "ioi", "--run-dir", "{t}/good.jsonl"], 2,
+     ["--run-dir", "is a file"]),
+    ("output", "run-dir-holds-the-task", {}, D + ["--task", "{t}/good.jsonl", "--run-dir", "{t}"], 2,
+     ["--run-dir", "task file"]),
+    ("output", "train-out-not-empty", {}, ["organism", "train", "--out", "{t}/full"], 2,
+     ["--out", "full", "not an empty folder"]),
+    ("output", "train-out-is-a-file", {}, ["organism", "train", "--out", "{t}/earlier.json"], 2, ["--out"]),
+]
+
+
+def _snapshot(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                p = Path(dirpath) / f
+                if p.is_file():
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+SHIPPED = [REPO / "tasks", REPO / "dictionaries" / "organism", REPO / "models" / "organism"]
+
+
+@pytest.fixture(scope="module")
+def shipped_before():
+    return _snapshot(*SHIPPED)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("kind,name,files,argv,code,words", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys, shipped_before):
+    _setup(tmp_path)
+    for rel, content in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = _snapshot(tmp_path)
+    listing = sorted(os.listdir(tmp_path))
+    argv = [a.replace("{t}", str(tmp_path)) for a in argv]
+    got, text = run_cli(argv, capsys)
+    assert got == code, text
+    assert "Traceback" not in text, text
+    for w in words:
+        assert w.replace("{t}", str(tmp_path)) in text, (w, text)
+    assert _snapshot(tmp_path) == before, "an input or earlier output changed"
+    assert sorted(os.listdir(tmp_path)) == listing, "the failed run left files behind"
+    assert sum("error:" in ln for ln in text.splitlines()) == 1, text  # one line (argparse adds its usage)
+
+
+def test_catalogue_size_and_kinds():
+    kinds = {}
+    for c in CASES:
+        kinds[c[0]] = kinds.get(c[0], 0) + 1
+    assert len(CASES) >= 80, kinds
+    assert set(kinds) >= {"task", "circuit", "option", "model", "output", "dictionaries"}
+
+
+def test_shipped_files_unchanged_by_the_catalogue(shipped_before):
+    """Runs last in this module (pytest keeps file order): no case touched tasks/, the organism or its SAEs."""
+    assert _snapshot(*SHIPPED) == shipped_before
