@@ -232,7 +232,11 @@ class Task:
         return len(self.examples)
 
     def batches(self, tokenizer, batch_size: int = 32, *, n: int | None = None) -> list[Batch]:
-        """Batches of at most ``batch_size``, each of one token length (templates can differ)."""
+        """Batches of at most ``batch_size``, each of one token length (templates can differ), from the first
+        ``n`` examples (all when None)."""
+        check_count("batch_size", batch_size)
+        if n is not None:
+            check_count("n_examples", n)
         groups: dict[int, list[dict]] = defaultdict(list)
         for ex in self.examples[:n]:
             groups[len(tokenizer.encode(ex["clean_prefix"]))].append(ex)
@@ -304,9 +308,20 @@ def validate(task: Task, tokenizer, *, source: str = "task") -> None:
                 raise ValueError(f"{source} example {i}: {exc}") from None
 
 
+def check_count(name: str, value) -> None:
+    """A count given to the API (examples, batch size): a positive integer."""
+    from .errors import UsageError
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+
+
 def as_batches(task, tokenizer, *, n_examples: int | None = None, batch_size: int = 32) -> list[Batch]:
     """A Task, a JSONL path, a Batch or a list of Batches as equal-length batches (the first ``n_examples``
     examples of a task, at most ``batch_size`` per batch)."""
+    check_count("batch_size", batch_size)
+    if n_examples is not None:
+        check_count("n_examples", n_examples)
     if isinstance(task, Batch):
         return [task]
     if isinstance(task, (str, Path)):

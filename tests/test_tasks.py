@@ -135,3 +135,12 @@ def test_duplicate_pairs_are_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert len(tasks.load_task(path)) == 6
     assert "3 of 6 pairs repeat an earlier pair (3 distinct)" in caplog.text
+
+
+@pytest.mark.parametrize("kwargs", [{"n_examples": 0}, {"n_examples": -5}, {"batch_size": 0}, {"batch_size": -1},
+                                    {"batch_size": 2.5}, {"n_examples": True}])
+def test_api_counts_are_checked(kwargs, tok):
+    task = tasks.Task("ioi", tasks.make_task("ioi", 6, seed=0))
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        tasks.as_batches(task, tok, **kwargs)
