@@ -23,7 +23,16 @@ log = logging.getLogger(__name__)
 
 SubmoduleKind = Literal["embed", "attn", "mlp", "resid"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+def _data_root() -> Path:
+    """Where ``models/``, ``dictionaries/`` and ``tasks/`` are: inside an installed package (the wheel ships
+    them under ``featurecircuits/_data``), else the repository root of a clone or an editable install.
+    Resolved from this file, never from the current directory."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "_data"
+    return shipped if (shipped / "models").is_dir() else package.parent
+
+
+REPO_ROOT = _data_root()  # the data root (the repository root in a clone)
 ORGANISM_DIR = REPO_ROOT / "models" / "organism"
 
 
@@ -167,7 +176,9 @@ def load_model(
         if name == ORGANISM:
             if not (ORGANISM_DIR / "config.json").exists():
                 raise FileNotFoundError(
-                    f"the organism is not at {ORGANISM_DIR}; rebuild it with `featurecircuits organism train`"
+                    f"the organism is not at {ORGANISM_DIR} (a clone keeps it in models/organism, an installed "
+                    "package in featurecircuits/_data/models/organism); reinstall featurecircuits or rebuild it "
+                    "with `featurecircuits organism train`"
                 )
             source = str(ORGANISM_DIR)
         if name.endswith(".gguf") or name in GGUF_PACKAGES:
