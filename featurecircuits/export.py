@@ -157,9 +157,10 @@ def _discover_options(meta: dict) -> dict:
             return {"config": AttributionConfig.from_dict(config)}
         names = {f.name for f in dataclasses.fields(AttributionConfig)}
         return {"config": AttributionConfig(**{k: v for k, v in config.items() if k in names})}
-    opts = {"method": method} if "method" in params else {}
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    opts = {"method": method} if "method" in params or takes_options else {}
     for key in ("direction", "ig_steps"):
-        if key in params and meta.get(key) is not None:
+        if (key in params or takes_options) and meta.get(key) is not None:
             opts[key] = meta[key]
     if "lrp" in params and isinstance(meta.get("lrp"), dict) and method == "relp":
         from . import LRPConfig

@@ -317,7 +317,7 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
         title={"text": _esc(heading) + f"<br><span style='font-size:12px;color:#555'>{describe(circuit)}</span>",
                "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 12}},
         template="plotly_white", height=150 + 66 * n_rows, hovermode="closest",
-        margin={"l": 70, "r": 40, "t": 140, "b": 60}, xaxis=xaxis,
+        margin={"l": 70, "r": 40, "t": 125, "b": 60}, xaxis=xaxis,
         yaxis={"tickvals": list(range(n_rows)), "ticktext": [_esc(r) for r in rows] + ["<b>metric</b>"],
                "range": [-0.7, n_rows - 0.3], "showgrid": True, "gridcolor": "#f0f0f0", "zeroline": False,
                "fixedrange": False},
@@ -376,10 +376,11 @@ section.on{display:block}
 .note{font-size:13px;color:#444;margin:4px 0}
 .controls{font-size:13px;margin:6px 0;display:flex;gap:14px;align-items:center;flex-wrap:wrap}
 .controls input[type=range]{width:320px}
-.wrap{display:flex;gap:10px;align-items:flex-start;overflow-x:auto}
-.plot{flex:1;min-width:1100px}
-.panel{width:300px;font-size:12px;border:1px solid #ddd;border-radius:4px;padding:8px;display:none;
- max-height:80vh;overflow:auto;background:#fcfcfc}
+.wrap{position:relative;overflow-x:auto}
+.plot{min-width:1100px}
+.panel{position:absolute;right:8px;top:60px;z-index:10;width:320px;font-size:12px;border:1px solid #bbb;
+ border-radius:4px;padding:8px;display:none;max-height:75vh;overflow:auto;background:rgba(252,252,252,0.96);
+ box-shadow:0 2px 8px rgba(0,0,0,0.15)}
 .panel table{border-collapse:collapse;width:100%}
 .panel td{padding:1px 4px;border-bottom:1px solid #eee}
 .help{font-size:12px;color:#666}
@@ -438,13 +439,17 @@ function fcWire(div, sec){
   div.on('plotly_click', ev => {
     const p = ev.points[0]; if(p.curveNumber !== fc.node_trace) return;
     sel = p.pointNumber; showPanel(sel); redraw();
+    history.replaceState(null, '', '#tab=' + sec.dataset.index + '&node=' + encodeURIComponent(ids[sel]));
   });
-  redraw(true);  // the figure already shows the strongest edges: only the label to fill in
+  const m = location.hash.match(/node=([^&]+)/);  // a shared link can select a node
+  const start = m ? ids.indexOf(decodeURIComponent(m[1])) : -1;
+  if(start >= 0){ sel = start; showPanel(sel); redraw(); }
+  else redraw(true);  // the figure already shows the strongest edges: only the label to fill in
 }
 function fcShow(i){
   document.querySelectorAll('nav button').forEach((b, j) => b.classList.toggle('on', i===j));
   document.querySelectorAll('section').forEach((s, j) => s.classList.toggle('on', i===j));
-  history.replaceState(null, '', '#tab=' + i);
+  if(!new RegExp('tab=' + i + '(&|$)').test(location.hash)) history.replaceState(null, '', '#tab=' + i);
   const sec = document.querySelectorAll('section')[i], div = sec.querySelector('.plot');
   if(!div.dataset.drawn){
     const fig = FC_FIGURES[i], t0 = performance.now();
@@ -478,7 +483,7 @@ def page_html(sections: Sequence[Section], *, title: str = "featurecircuits") ->
                     "<span class='help'>click a node: only its edges, and its details on the right</span></div>"
                     if interactive else "")
         note = f"<div class='note'>{_esc(s.note)}</div>" if s.note else ""
-        body.append(f"<section>{note}{controls}<div class='wrap'><div class='plot'></div>"
+        body.append(f"<section data-index='{len(body)}'>{note}{controls}<div class='wrap'><div class='plot'></div>"
                     f"<div class='panel'></div></div></section>")
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
