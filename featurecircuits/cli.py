@@ -654,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="organism",
                        help="'organism', a local directory, a hub id, 'smollm2' or a .gguf file")
         p.add_argument("--dictionaries", default=None,
-                       help="dictionary root ('organism', a folder, a published name or hub repo id), 'neurons' "
+                       help="dictionary root ('organism', a folder, a published name or hub repo id), "
+                            "saelens:<folder-or-release>, gemma-scope-res|mlp|att:<folder>[@l0=N,width=W] (several "
+                            "joined by '+'; see docs/dictionaries.md), 'neurons' "
                             "(identity baseline) or 'none' (component level); default: the set known for --model "
                             "(organism → organism, EleutherAI/pythia-70m-deduped → pythia-70m-deduped), else none")
         if task:
