@@ -326,7 +326,11 @@ def cmd_discover(args) -> int:
                        n_examples=args.n_examples, batch_size=args.batch_size, progress=True, checkpoint=run)
     files = {args.out: circuit.to_json() + "\n"}
     if args.html:
-        files[args.html] = _html(circuit_figure(circuit))
+        tokens = None  # with positions kept, the columns show the examples' tokens (or "pos k" where they differ)
+        if args.aggregation == "none" and model.tokenizer is not None and hasattr(task, "examples"):
+            tokens = [model.tokenizer.convert_ids_to_tokens(model.tokenizer.encode(e["clean_prefix"]))
+                      for e in task.examples[:args.n_examples]]
+        files[args.html] = _html(circuit_figure(circuit, tokens=tokens))
     atomic_write_many(files)  # both new, or (interrupted) both as they were
     run.remove()
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges in {time.perf_counter() - start:.1f} s → {args.out}")
