@@ -126,8 +126,11 @@ def _input_paths(args) -> dict[str, Path]:
     if hasattr(args, "dictionaries") and model is not None:
         spec = _dictionaries_spec(args)
         if spec not in (NO_DICTIONARIES, NEURONS):
-            path = Path(spec) if Path(spec).exists() else DICTIONARY_ROOT / spec
-            out["dictionaries"] = path
+            for i, part in enumerate(spec.split("+")):  # FORMAT:TARGET[@options] specs, joined by '+'
+                target = part.split(":", 1)[1] if ":" in part and not Path(part).exists() else part
+                target = target.split("@", 1)[0] if not Path(target).exists() else target
+                path = Path(target) if Path(target).exists() else DICTIONARY_ROOT / target
+                out["dictionaries" + (f" ({part})" if i else "")] = path
     return {k: v for k, v in out.items() if v.exists()}
 
 
