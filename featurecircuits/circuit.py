@@ -34,6 +34,7 @@ from .scoring import (
     score_nodes,
     select_nodes,
 )
+from .sparse import column
 from .splice import Splice
 from .tasks import as_batches
 
@@ -209,7 +210,7 @@ def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: i
         sub, _, feat, pos = node
         found = []
         for batch, res in results:
-            acts = res.activations[sub]["act"][..., feat]  # (B, T)
+            acts = column(res.activations[sub]["act"], feat)  # (B, T)
             if pos is not None:
                 acts = torch.where(torch.arange(acts.shape[1]) == pos, acts, torch.zeros_like(acts))
             ids, _ = batch.roles(res.direction)
@@ -236,7 +237,7 @@ def score_circuit_edges(model: Model, splice: Splice, scores: NodeScores, nodes:
     for batch, res in tqdm(scores.results, desc="edges", disable=not progress):
         if res is None:
             res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric)
+                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
         for key, w in score_edges(model, splice, batch.to(model.device), res, list(nodes)).weights.items():
             weights[key] = weights.get(key, 0.0) + w
     return {k: w / scores.n_examples for k, w in weights.items()}
@@ -273,7 +274,7 @@ def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, con
     if not kept:
         batch = scores.results[0][0]
         kept = [(batch, attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                                  submodules=[s.name for s in splice.submodules], metric=metric))]
+                                  submodules=[s.name for s in splice.submodules], metric=metric, sparse=True))]
     return _top_contexts(model, kept, [n for n in nodes if n[2] is not None])
 
 

@@ -108,3 +108,13 @@ def logit_diff(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     last = logits[:, -1, :]
     rows = torch.arange(last.shape[0], device=last.device)
     return last[rows, batch.clean_answer] - last[rows, batch.patch_answer]
+
+
+logit_diff.last_positions = 1  # the metric reads only the last position's logits
+
+
+def logits_kept(metric) -> int:
+    """How many final positions' logits ``metric`` reads, as it declares with a ``last_positions``
+    attribute (the unembedding is then computed only there); 0, the default, computes every position."""
+    n = getattr(metric, "last_positions", 0)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0

@@ -28,6 +28,7 @@ from .lrp import apply_rules
 from .models import Model, Submodule
 from .registry import METHODS
 from .scoring import Node
+from .sparse import column, columns
 from .splice import Splice, run
 
 
@@ -54,7 +55,7 @@ def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x
     if fast:
         with torch.no_grad():
             idx = torch.tensor([group[k][2] for k in fast])
-            weight = coef["act"][..., idx] * (features[..., idx] > 0).to(x.dtype)  # (B, T, K)
+            weight = columns(coef["act"], idx) * (features[..., idx] > 0).to(x.dtype)  # (B, T, K)
             for j, k in enumerate(fast):
                 pos = group[k][3]
                 if pos is not None:  # a node at one position: the other positions do not count
@@ -84,7 +85,7 @@ def _node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.T
     xl = x.detach().requires_grad_(True)
     f = ae.encode(xl)
     if part == "act":
-        target = (f[..., feat] * c[..., feat] * mask).sum()
+        target = (f[..., feat] * column(c, feat) * mask).sum()
     else:  # error node: err = x - decode(f)
         err = xl - ae.decode(f)
         target = (err * c * mask[..., None]).sum()
@@ -118,7 +119,7 @@ def score_edges(
         return leaf
 
     with apply_rules(model, rules) if rules is not None else nullcontext():
-        run(model, base_ids, edit, splice.submodules)
+        run(model, base_ids, edit, splice.submodules, logits_to_keep=1)  # the logits are not used
     by_name = {s.name: s for s in splice.submodules}
     order = [s.name for s in splice.submodules]
     by_sub: dict[str, list[Node]] = {}
@@ -154,7 +155,7 @@ def _accumulate(weights, d_group, u_nodes, g, delta, dec) -> None:
     for u in u_nodes:
         _, part, feat, pos = u
         if part == "act" and feat is not None:
-            contrib = torch.einsum("kbth,h->kbt", g, dec[feat]) * delta["act"][..., feat]
+            contrib = torch.einsum("kbth,h->kbt", g, dec[feat]) * column(delta["act"], feat)
         else:
             contrib = (g * delta[part]).sum(-1)  # (K, B, T)
         contrib = contrib[:, :, pos] if pos is not None else contrib.sum(-1)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .circuit import Circuit
 from .config import AblationConfig, AttributionConfig
-from .data import Batch, Metric, logit_diff
+from .data import Batch, Metric, logit_diff, logits_kept
 from .models import Model
 from .scoring import check_threshold, score_nodes
 from .splice import Splice, run
@@ -94,7 +94,7 @@ def ablated_metric(model: Model, splice: Splice, batch: Batch, keep: Masks, cfg:
         return splice.compose(sub, new)
 
     with torch.no_grad():
-        return metric(run(model, batch.clean, edit, splice.submodules), batch)
+        return metric(run(model, batch.clean, edit, splice.submodules, logits_to_keep=logits_kept(metric)), batch)
 
 
 def ablation_values(model: Model, splice: Splice, batch: Batch, cfg: AblationConfig) -> dict:
@@ -116,7 +116,7 @@ def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg
     for batch in batches:
         store: dict = {}
         with torch.no_grad():
-            run(model, batch.patch, splice.capture_edit(store), splice.submodules)
+            run(model, batch.patch, splice.capture_edit(store), splice.submodules, logits_to_keep=1)
         if cfg.ablation == "mean":
             acc = sums.setdefault(batch.n_tokens, {})
             for sub, parts in store.items():
@@ -156,7 +156,7 @@ def _mean_metric(model: Model, splice: Splice, sources: Sequence[tuple[Batch, di
     for batch, source in sources:
         if node_masks is None:
             with torch.no_grad():
-                values = metric(model.hf(input_ids=batch.clean).logits, batch)
+                values = metric(run(model, batch.clean, None, [], logits_to_keep=logits_kept(metric)), batch)
         else:
             values = ablated_metric(model, splice, batch, node_masks(batch.n_tokens), cfg, metric, source=source)
         total += float(values.sum())

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
+from . import sparse
 from .attribution import Attribution, attribute
 from .config import AttributionConfig
 from .data import Batch, Metric
@@ -47,7 +48,7 @@ def node_totals(res: Attribution, aggregation: str = "sum") -> dict[PartKey, tor
     (F,) or () per part when summed, (T, F) or (T,) when positions are kept."""
     out: dict[PartKey, torch.Tensor] = {}
     for sub in res.submodules:
-        s = res.scores[sub].sum(0)  # (T,) or (T, F)
+        s = sparse.total(res.scores[sub], 0)  # (T,) or (T, F)
         parts = [("act", s)] + ([("err", res.error_scores[sub].sum(0))] if sub in res.error_scores else [])
         for part, t in parts:
             out[(sub, part)] = t.sum(0) if aggregation == "sum" else t
@@ -57,7 +58,7 @@ def node_totals(res: Attribution, aggregation: str = "sum") -> dict[PartKey, tor
 def result_bytes(res: Attribution) -> int:
     tensors = [t for group in (res.deltas, res.coefficients, res.activations) for parts in group.values()
                for t in parts.values()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(sparse.nbytes(t) for t in tensors)
 
 
 @dataclass
@@ -79,30 +80,35 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
     for edge scoring while all of them fit in ``memory_budget`` bytes, else dropped (recomputed later).
 
     With ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) each batch's totals are saved as unit
-    ``<unit>-<i>`` and read back instead of recomputed; results are then never kept (edges recompute them),
-    so an interrupted and resumed run gives exactly what an uninterrupted one gives."""
+    ``<unit>-<i>`` and read back instead of recomputed; a batch read back whose result would be kept is
+    attributed again, so an interrupted and resumed run gives exactly what an uninterrupted one gives (the
+    saving is in runs whose results are not kept: large ones, and curves)."""
     sums: dict[PartKey, torch.Tensor] = {}
     act_sums: dict[str, torch.Tensor] = {}
     results: list[tuple[Batch, Attribution | None]] = []
     m_base = m_src = 0.0
-    keep = checkpoint is None
+    keep = True
     for i, batch in enumerate(tqdm(batches, desc=f"{config.method} nodes", disable=not progress)):
         res = None
         if checkpoint is not None and f"{unit}-{i}" in checkpoint:
-            totals, acts, mb, ms = _unpack(checkpoint.load(f"{unit}-{i}"))
+            totals, acts, mb, ms, nbytes = _unpack(checkpoint.load(f"{unit}-{i}"))
         else:
             res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric)
+                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
             totals = node_totals(res, aggregation)
-            acts = {sub: a["act"].sum((0, 1)) / batch.n_tokens for sub, a in res.activations.items()
+            acts = {sub: sparse.total(a["act"], (0, 1)) / batch.n_tokens for sub, a in res.activations.items()
                     if sub in splice.dictionaries}
             mb, ms = float(res.metric_base.sum()), float(res.metric_source.sum())
+            nbytes = result_bytes(res)
             if checkpoint is not None:
                 checkpoint.save(f"{unit}-{i}", {"totals": {"|".join(k): v for k, v in totals.items()},
-                                                "acts": acts, "m_base": mb, "m_source": ms})
-        if keep and res is not None and result_bytes(res) * len(batches) > memory_budget:
+                                                "acts": acts, "m_base": mb, "m_source": ms, "bytes": nbytes})
+        if keep and nbytes * len(batches) > memory_budget:
             keep = False
             results = [(b, None) for b, _ in results]
+        if keep and res is None:  # read back from the run folder, but its full result is wanted (edges, texts)
+            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
+                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
         for key, t in totals.items():
             sums[key] = sums.get(key, 0) + t
         for sub, a in acts.items():
@@ -117,7 +123,7 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
 
 def _unpack(saved: dict):
     totals = {tuple(k.split("|")): v for k, v in saved["totals"].items()}
-    return totals, saved["acts"], saved["m_base"], saved["m_source"]
+    return totals, saved["acts"], saved["m_base"], saved["m_source"], saved["bytes"]
 
 
 def node_values(means: dict[PartKey, torch.Tensor], features: Collection[str], *,

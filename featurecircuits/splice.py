@@ -14,22 +14,38 @@ other part held fixed, and upstream sees the identity, as the exact splice impli
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .dictionaries.base import Dictionary
 from .models import Model, Submodule
+from .sparse import coo
 
 Parts = dict[str, torch.Tensor]  # "act": features (or the output itself), "err": error term
 Edit = Callable[[Submodule, torch.Tensor], "torch.Tensor | None"]
 
 
+@dataclass
+class SparseLeaf:
+    """A sparse dictionary's features on the base run as an autograd leaf of their ``values`` at ``indices``
+    (ndim, nnz): every feature active in the base run or in the other (source) run, whose values there are
+    ``source``."""
+
+    indices: torch.Tensor
+    values: torch.Tensor  # requires grad
+    source: torch.Tensor
+    shape: tuple[int, ...]
+
+
 class Splice:
     """Which submodules carry nodes and how their parts make up the output."""
 
-    def __init__(self, model: Model, dictionaries: dict[str, nn.Module] | None = None, submodules=None):
+    def __init__(self, model: Model, dictionaries: dict[str, nn.Module] | None = None, submodules=None, *,
+                 sparse: bool = False):
         self.model = model
+        self.sparse = sparse  # gradient methods store features of sparse dictionaries as COO tensors
         dictionaries = {model.submodule(k).name: v for k, v in (dictionaries or {}).items()}
         for name, ae in dictionaries.items():
             if not isinstance(ae, Dictionary):
@@ -74,6 +90,11 @@ class Splice:
         """x changed by exactly what replacing the ``base`` parts by ``new`` parts changes."""
         return x + (self.compose(sub, new) - self.compose(sub, base))
 
+    def sparse_dictionary(self, sub: Submodule):
+        """The submodule's dictionary when its features are worth storing sparsely, else None."""
+        ae = self.dictionaries.get(sub.name)
+        return ae if ae is not None and ae.sparse else None
+
     # -- edits: what happens to each submodule's output during a trace ----------------------------
     def capture_edit(self, store: dict[str, Parts]) -> Edit:
         """Record every submodule's parts (no gradient), leave the output unchanged."""
@@ -81,6 +102,46 @@ class Splice:
         def edit(sub, x):
             store[sub.name] = {k: v.detach() for k, v in self.parts(sub, x.detach()).items()}
             return None
+
+        return edit
+
+    def sparse_capture_edit(self, store: dict[str, Parts]) -> Edit:
+        """Like ``capture_edit``, with a sparse dictionary's features stored as a COO tensor (and its error
+        term computed from the active features only)."""
+
+        def edit(sub, x):
+            ae = self.sparse_dictionary(sub)
+            if ae is None:
+                store[sub.name] = {k: v.detach() for k, v in self.parts(sub, x.detach()).items()}
+                return None
+            x = x.detach()
+            f = ae.encode(x)
+            idx = f.nonzero().t()
+            vals = f[tuple(idx)]
+            store[sub.name] = {"act": coo(idx, vals, f.shape), "err": x - ae.decode_sparse(idx, vals, f.shape)}
+            return None
+
+        return edit
+
+    def sparse_leaf_edit(self, store: dict, sources: dict[str, Parts]) -> Edit:
+        """Like ``leaf_edit``, with a sparse dictionary's features a :class:`SparseLeaf` over the features
+        active here or in ``sources`` (the other run's parts from ``sparse_capture_edit``)."""
+
+        def edit(sub, x):
+            ae = self.sparse_dictionary(sub)
+            if ae is None:
+                return self.leaf_edit(store)(sub, x)
+            xd = x.detach()
+            f = ae.encode(xd)
+            src = sources[sub.name]["act"]
+            src_dense = torch.zeros_like(f)
+            src_dense[tuple(src._indices())] = src._values()
+            idx = ((f != 0) | (src_dense != 0)).nonzero().t()
+            values = f[tuple(idx)].requires_grad_(True)
+            err = (xd - ae.decode_sparse(idx, values.detach(), f.shape)).requires_grad_(True)
+            store[sub.name] = {"act": SparseLeaf(idx, values, src_dense[tuple(idx)], tuple(f.shape)), "err": err}
+            c = ae.decode_sparse(idx, values, f.shape) + err
+            return xd + (c - c.detach()) + (x - x.detach())
 
         return edit
 
@@ -96,10 +157,13 @@ class Splice:
         return edit
 
 
-def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: list[Submodule]) -> torch.Tensor:
+def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: list[Submodule], *,
+        logits_to_keep: int = 0) -> torch.Tensor:
     """One forward pass through nnsight; ``edit`` sees each submodule's output in execution order and
-    may return a replacement. Returns the logits."""
-    with model.nn.trace(input_ids=input_ids):
+    may return a replacement. Returns the logits — of the last ``logits_to_keep`` positions only when it
+    is positive (the unembedding of a large vocabulary at every position is most of a forward)."""
+    kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+    with model.nn.trace(input_ids=input_ids, **kwargs):
         if edit is not None:
             for sub in submodules:
                 envoy = model.envoy(sub)

@@ -65,6 +65,29 @@ class Dictionary(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    @property
+    def decoder_bias(self) -> torch.Tensor | None:
+        return None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether features are mostly zero, so that storing them sparsely pays."""
+        return True
+
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """``decode`` of the (…, width) feature tensor holding ``values`` at ``indices`` (ndim, nnz) and zero
+        elsewhere, as a sum over the active features only (differentiable in ``values``)."""
+        lead = shape[:-1]
+        rows = torch.zeros_like(indices[0])
+        for dim in range(len(lead)):
+            rows = rows * lead[dim] + indices[dim]
+        dec = self.decoder_rows
+        out = values.new_zeros(int(torch.tensor(lead).prod()), dec.shape[1])
+        out = out.index_add(0, rows, values[:, None] * dec[indices[-1]])
+        out = out.view(*lead, dec.shape[1])
+        bias = self.decoder_bias
+        return out if bias is None else out + bias
+
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         """Named tensors that define the dictionary, in one layout whatever the file format."""
         raise NotImplementedError
@@ -146,6 +169,10 @@ class SAE(Dictionary):
         out = F.linear(f, self.W_dec)
         return out if self.b_dec is None else out + self.b_dec
 
+    @property
+    def decoder_bias(self) -> torch.Tensor | None:
+        return self.b_dec
+
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         zeros = torch.zeros(self.d_in)
         out = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
@@ -191,6 +218,10 @@ class GatedSAE(Dictionary):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return F.linear(f, self.W_dec) + self.b_dec
 
+    @property
+    def decoder_bias(self) -> torch.Tensor:
+        return self.b_dec
+
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         return {"W_enc": self.W_enc, "b_gate": self.b_gate, "b_mag": self.b_mag, "r_mag": self.r_mag,
                 "W_dec": self.W_dec, "b_dec": self.b_dec,
@@ -214,6 +245,10 @@ class IdentityDictionary(Dictionary):
     @property
     def encoder_rows(self) -> None:  # f = x: not ReLU-gated, edges use autograd
         return None
+
+    @property
+    def sparse(self) -> bool:  # every neuron is active
+        return False
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x

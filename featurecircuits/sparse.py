@@ -1,0 +1,55 @@
+"""Feature tensors stored sparsely: (batch, positions, features) as coalesced torch COO tensors.
+
+Published dictionaries fire tens of features per token out of tens of thousands, so a dense
+(B, T, width) tensor per submodule is mostly zeros; AtP and RelP keep features, deltas, coefficients and
+scores only where a feature is active in either run. These helpers read such tensors the way the rest of
+the toolkit reads dense ones (and pass dense tensors through unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def coo(indices: torch.Tensor, values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A coalesced COO tensor from unique, sorted (ndim, nnz) indices (as ``nonzero().t()`` gives)."""
+    return torch.sparse_coo_tensor(indices, values, tuple(shape), is_coalesced=True)
+
+
+def dense(t: torch.Tensor) -> torch.Tensor:
+    return t.to_dense() if t.is_sparse else t
+
+
+def total(t: torch.Tensor, dims: int | tuple[int, ...]) -> torch.Tensor:
+    """Sum over ``dims`` as a dense tensor."""
+    if not t.is_sparse:
+        return t.sum(dims)
+    dims = tuple(d % t.ndim for d in ((dims,) if isinstance(dims, int) else dims))
+    if len(set(dims)) == t.ndim:
+        return t._values().sum()
+    return torch.sparse.sum(t, dims).to_dense()
+
+
+def columns(t: torch.Tensor, features: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """(…, K) dense values of the given features (last dimension)."""
+    idx = torch.as_tensor(features, dtype=torch.long, device=t.device)
+    if not t.is_sparse:
+        return t[..., idx]
+    return torch.index_select(t, t.ndim - 1, idx).to_dense()
+
+
+def column(t: torch.Tensor, feature: int) -> torch.Tensor:
+    return columns(t, [feature])[..., 0]
+
+
+def values(t: torch.Tensor) -> torch.Tensor:
+    """The stored values (all of a dense tensor)."""
+    return t._values() if t.is_sparse else t
+
+
+def nbytes(t: torch.Tensor) -> int:
+    if t.is_sparse:
+        return t._indices().numel() * t._indices().element_size() + t._values().numel() * t._values().element_size()
+    return t.numel() * t.element_size()

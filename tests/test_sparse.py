@@ -1,0 +1,82 @@
+"""The sparse feature path (AtP/RelP with features stored where active in either run) against the dense
+reference path: the same scores and edges, in float64 to rounding, in float32 to 1e-5 of the largest."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import random_batch, random_dictionaries, tiny_model
+
+import featurecircuits as fc
+from featurecircuits import sparse
+from featurecircuits.edges import score_edges
+from featurecircuits.scoring import top_nodes
+from featurecircuits.splice import Splice
+
+warnings.filterwarnings("ignore", message="Sparse invariant checks")
+
+
+def _pair(family, method, dtype=torch.float32):
+    model = tiny_model(family)
+    dicts = random_dictionaries(model)
+    if dtype == torch.float64:
+        model.hf.double()
+        dicts = {k: v.double() for k, v in dicts.items()}
+    batch = random_batch(n=3)
+    kw = dict(method=method, dictionaries=dicts)
+    return model, dicts, batch, fc.attribute(model, batch, **kw), fc.attribute(model, batch, sparse=True, **kw)
+
+
+def _largest(res):
+    return max(max(float(sparse.dense(res.scores[s]).abs().max()), float(res.error_scores[s].abs().max()))
+               for s in res.submodules)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama", "gemma2"])
+@pytest.mark.parametrize("method", ["relp", "atp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_scores_equal_the_dense_path(family, method, dtype):
+    model, dicts, batch, ref, fast = _pair(family, method, dtype)
+    tol = (1e-12 if dtype == torch.float64 else 1e-5) * _largest(ref)
+    for sub in ref.submodules:
+        assert fast.scores[sub].is_sparse and not ref.scores[sub].is_sparse
+        assert (sparse.dense(fast.scores[sub]) - ref.scores[sub]).abs().max() <= tol, sub
+        assert (fast.error_scores[sub] - ref.error_scores[sub]).abs().max() <= tol, sub
+        for part in ("act", "err"):  # Δ and coefficients too, where stored
+            d = sparse.dense(fast.deltas[sub][part])
+            assert torch.allclose(d, ref.deltas[sub][part], atol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert torch.equal(fast.metric_base, ref.metric_base) or torch.allclose(fast.metric_base, ref.metric_base)
+
+
+def test_only_features_active_in_either_run_are_stored():
+    model, dicts, batch, ref, fast = _pair("gpt_neox", "relp")
+    for sub, ae in dicts.items():
+        with torch.no_grad():
+            active = (ref.activations[sub]["act"] != 0) | ((ref.activations[sub]["act"] + ref.deltas[sub]["act"]) != 0)
+        for group in (fast.scores, fast.activations):
+            t = group[sub] if group is fast.scores else group[sub]["act"]
+            assert t._nnz() == int(active.sum()) < active.numel(), sub
+        assert fast.coefficients[sub]["act"]._nnz() == int(active.sum())
+
+
+def test_edges_from_the_sparse_path_equal_the_dense_path():
+    model, dicts, batch, ref, fast = _pair("gpt_neox", "relp")
+    nodes = top_nodes(ref, 60)
+    assert top_nodes(fast, 60) == nodes or set(top_nodes(fast, 60)) == set(nodes)
+    splice = Splice(model, dicts)
+    a = score_edges(model, splice, batch, ref, nodes).weights
+    b = score_edges(model, splice, batch, fast, nodes).weights
+    assert a.keys() == b.keys() and len(a) > 50
+    scale = max(abs(w) for w in a.values())
+    assert max(abs(a[k] - b[k]) for k in a) <= 1e-5 * scale
+
+
+def test_discover_uses_the_sparse_path_and_finds_the_dense_circuit():
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch(n=3)
+    circuit = fc.discover(model, dicts, [batch], top_k=25, edge_threshold=0.0)
+    ref = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    assert set(circuit.nodes) == {fc.circuit.node_id(n) for n in top_nodes(ref, 25)}
