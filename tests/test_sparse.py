@@ -52,7 +52,7 @@ def test_sparse_scores_equal_the_dense_path(family, method, dtype):
 
 def test_only_features_active_in_either_run_are_stored():
     model, dicts, batch, ref, fast = _pair("gpt_neox", "relp")
-    for sub, ae in dicts.items():
+    for sub in dicts:
         with torch.no_grad():
             active = (ref.activations[sub]["act"] != 0) | ((ref.activations[sub]["act"] + ref.deltas[sub]["act"]) != 0)
         for group in (fast.scores, fast.activations):
