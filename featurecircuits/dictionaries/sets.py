@@ -165,11 +165,11 @@ def _hooked(part: SpecPart, model: Model, l0) -> list[tuple[str, Dictionary, str
     return [(ae.hook_name, ae, ae.source.path) for ae in saelens.load_release(part.target, select=part.select)]
 
 
-def _load_part(part: SpecPart, model: Model, l0, device) -> dict[str, Dictionary]:
+def _load_part(part: SpecPart, model: Model, l0, device, wanted=None) -> dict[str, Dictionary]:
     from .hooks import submodule_for_hook
 
     if part.format in (None, "dictionary_learning"):
-        return _load_folder(part.target, model, device=device)
+        return _load_folder(part.target, model, device=device, wanted=wanted)
     out: dict[str, Dictionary] = {}
     origin: dict[str, str] = {}
     for hook, ae, where in _hooked(part, model, l0):
@@ -198,8 +198,9 @@ def load_dictionaries(
     if str(root) == NEURONS:
         return neuron_dictionaries(model, submodules)
     found: dict[str, Dictionary] = {}
+    wanted = None if submodules is None else {model.submodule(n).name for n in submodules}
     for part in parse_spec(root):
-        for name, ae in _load_part(part, model, l0, device).items():
+        for name, ae in _load_part(part, model, l0, device, wanted).items():
             if name in found:
                 raise ValueError(f"two dictionaries for {name}: {found[name].source.path} and {ae.source.path}; "
                                  "give each submodule one dictionary")
@@ -228,7 +229,7 @@ def describe(dictionaries: dict[str, Dictionary], model: Model) -> str:
     return text
 
 
-def _load_folder(root, model: Model, *, device=None) -> dict[str, Dictionary]:
+def _load_folder(root, model: Model, *, device=None, wanted=None) -> dict[str, Dictionary]:
     """A folder (or known name) in the dictionary_learning layout, or a folder of SAELens SAEs."""
     from . import saelens
 
@@ -243,8 +244,8 @@ def _load_folder(root, model: Model, *, device=None) -> dict[str, Dictionary]:
         raise ValueError(f"{root} looks like a Gemma Scope suite (layer_N/width_W/average_l0_X/params.npz); name "
                          "the suite: gemma-scope-res:<folder>, gemma-scope-mlp:<folder> or gemma-scope-att:<folder>")
     present = {canonical_name(p.name) for p in children}
-    names = [s.name for s in model.submodules if s.name in present]
-    if not names:
+    names = [s.name for s in model.submodules if s.name in present and (wanted is None or s.name in wanted)]
+    if not names and wanted is None:
         valid = ", ".join(s.name for s in model.submodules)
         raise FileNotFoundError(f"no dictionary folders under {root} match a submodule ({valid}); for SAELens "
                                 "or Gemma Scope files use saelens:<folder> or gemma-scope-<suite>:<folder>")
