@@ -259,8 +259,6 @@ def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_id
         kind = sub.split("_")[0]
         layer = row[sub]
         extra = {"fc_circuit_score": (circuit_scores or {}).get(n)}
-        if a.get("mean_activation") is not None:
-            extra["fc_mean_activation"] = a["mean_activation"]
         if part == "err":
             add(n, f"{layer}_-1_{pos}", feature=-1, layer=layer, ctx=pos, ftype=f"{kind} reconstruction error",
                 clerp=f"{sub} error term (x − x̂) at “{prompt_tokens[pos]}”", score=a["score"], **extra)
@@ -389,6 +387,7 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
         info={"generator": {"name": "featurecircuits", "version": __version__},
               "creator_name": "featurecircuits export", "example": example, "task": task_spec,
               "patch_prompt": ex["patch_prefix"]})
+    data["metadata"]["node_threshold"] = meta.get("node_threshold")  # the circuit's, not the example's 0
     for node in data["nodes"]:
         if node.get("fc_id") in (None, METRIC_NODE):
             continue

@@ -184,6 +184,7 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     c = Circuit.from_json(circuit)
     summed = {n["fc_id"].split("@")[0] for n in data["nodes"] if n.get("fc_id") not in (None, METRIC_NODE)}
     assert summed and summed <= set(c.nodes)
+    assert data["metadata"]["node_threshold"] == c.metadata.get("node_threshold")
     index = json.loads((out / "graph-metadata.json").read_text())
     assert [g["slug"] for g in index["graphs"]] == [data["metadata"]["slug"]]
     # with the task recorded in the circuit's metadata, no flag is needed (the redesign's record or ours)
