@@ -130,7 +130,7 @@ def parse_spec(spec: str | Path) -> list[SpecPart]:
 
 def _finish(ae: Dictionary, model: Model, name: str, device) -> Dictionary:
     ae.eval().requires_grad_(False)
-    ae.to(device=device or model.device, dtype=model.dtype)
+    ae.to(device=device or model.submodule_device(model.submodule(name)), dtype=model.dtype)
     check_dictionary(ae, model, name)
     return ae
 
@@ -254,7 +254,7 @@ def _load_folder(root, model: Model, *, device=None, wanted=None) -> dict[str, D
         folder = _submodule_folder(root, model, sub.name)
         if folder is None:
             continue  # a folder without weights: no dictionary for this submodule
-        ae = load_dictionary(folder, device=device or model.device, dtype=model.dtype)
+        ae = load_dictionary(folder, device=device or model.submodule_device(sub), dtype=model.dtype)
         check_dictionary(ae, model, sub.name)
         out[sub.name] = ae
     return out
@@ -265,7 +265,7 @@ def neuron_dictionaries(model: Model, submodules=None) -> dict[str, Dictionary]:
     submodule's output and the error term is zero (the Sparse Feature Circuits neuron circuits)."""
     out = {}
     for s in model.select(submodules):
-        d = IdentityDictionary(model.d_model).to(device=model.device, dtype=model.dtype)
+        d = IdentityDictionary(model.d_model).to(device=model.submodule_device(s), dtype=model.dtype)
         out[s.name] = d.with_source(NEURONS, "")
     return out
 
@@ -278,12 +278,14 @@ def check_dictionary(ae: Dictionary, model: Model, submodule: str) -> None:
     width = model.d_model
     if ae.d_in != width:
         raise ValueError(f"dictionary for {submodule} ({ae.source.path or ae.source.format}) reads activations "
-                         f"of width {ae.d_in}, but the model's width is {width}")
+                         f"of width {ae.d_in}, but the model's width is {width}; use dictionaries trained on this "
+                         "model (check --model and --dictionaries)")
     p = ae.decoder_rows
     if p.dtype != model.dtype:
         raise ValueError(f"dictionary for {submodule} is {p.dtype} but the model is {model.dtype}")
-    if p.device != model.device:
-        raise ValueError(f"dictionary for {submodule} is on {p.device} but the model is on {model.device}")
+    where = model.submodule_device(model.submodule(submodule))
+    if p.device != where:
+        raise ValueError(f"dictionary for {submodule} is on {p.device} but the submodule runs on {where}")
 
 
 def save_dictionary(ae, folder: str | Path, *, trainer_config: dict | None = None) -> Path:
