@@ -213,3 +213,29 @@ def test_curve_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys
     ref, got = (json.loads((tmp_path / n).read_text()) for n in ("ref.json", "c.json"))
     assert got == ref
     assert not run.exists()
+
+
+@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path, sig, code):
+    """A real signal to a running discover: its exit code, one line, the completed batches kept for --resume,
+    no output and no temporary file anywhere."""
+    import signal
+
+    out = tmp_path / "c.json"
+    proc = subprocess.Popen([sys.executable, "-m", "featurecircuits", "discover", "--task", "sva-rc", "--n-examples",
+                             "40", "--batch-size", "1", "--top-k", "5", "--out", str(out), "--html",
+                             str(tmp_path / "c.html")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    run = tmp_path / "c.json.run"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run.is_dir() and len(list(run.glob("nodes-*.pt"))) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(("interrupted", "terminated")) and "--resume" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json.run"]
+    leftovers = [p.name for p in run.iterdir() if not p.name.endswith(".pt") and p.name != "run.json"]
+    assert leftovers == []
