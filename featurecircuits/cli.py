@@ -232,7 +232,7 @@ def _file_task(args):
     if path.is_file():
         task = load_task(path)
         n = getattr(args, "n_examples", None)
-        if n is not None and n > len(task):
+        if n is not None and n > len(task) and {"--n-examples", "--n"} & getattr(args, "given", set()):
             print(f"note: {path} holds {len(task)} pairs; --n-examples {n} uses all {len(task)}", file=sys.stderr)
         return task
     if args.task in TASK_NAMES:
@@ -305,7 +305,7 @@ def _checkpoint(args, out: str, key: dict):
 def _run_key(args, command: str, task, dicts) -> dict:
     from .checkpoint import fingerprint
 
-    skip = {"func", "out", "html", "resume", "run_dir", "verbose", "debug", "run_folder"}
+    skip = {"func", "out", "html", "resume", "run_dir", "verbose", "debug", "run_folder", "given"}
     return {"command": command, **{k: str(v) for k, v in vars(args).items() if k not in skip},
             "examples": fingerprint(task.examples),
             "dictionary_hashes": {k: d.source.hash for k, d in (dicts or {}).items()}}
@@ -859,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 2 a user error (one line: bad option, input or output); 1 an unexpected error
     (a short message; --debug prints the traceback); 130 interrupted (143 on SIGTERM)."""
     args = build_parser().parse_args(argv)  # argparse errors exit 2 with the usage line
+    args.given = {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
     setup_logging(args.verbose)
     previous = None
     if threading_main():

@@ -211,6 +211,9 @@ CASES = [
      ["c.json", "expected a JSON object"]),
     # -------------------------------------------------------------------------------------- options
     ("option", "n-examples-0", {}, D + ["--task", "ioi", "--n-examples", "0"], 2, ["--n-examples", "≥ 1"]),
+    ("option", "n-examples-beyond-the-file-is-said", {"t.jsonl": LINE + "\n" + LINE.replace("like", "see") + "\n"},
+     ["evaluate", "--task", "{t}/t.jsonl", "--n-examples", "50", "--circuit", "{t}/nope.json"], 2,
+     ["holds 2 pairs; --n-examples 50 uses all 2", "nope.json"]),
     ("option", "n-examples-negative", {}, D + ["--task", "{t}/good.jsonl", "--n-examples", "-5"], 2,
      ["--n-examples", "-5"]),
     ("option", "batch-size-0", {}, D + ["--task", "ioi", "--batch-size", "0"], 2, ["--batch-size", "≥ 1"]),
