@@ -219,7 +219,15 @@ def check_model_option(model: str | None) -> None:
 
 
 def _run_folder(args, out: str) -> Path:
-    return Path(args.run_dir) if getattr(args, "run_dir", None) else Path(f"{out}.run")
+    """The run folder (--run-dir, or OUT.run beside the output), checked before any work: --resume needs an
+    interrupted run there, and a folder that is not a run folder is never reused."""
+    folder = Path(args.run_dir) if getattr(args, "run_dir", None) else Path(f"{out}.run")
+    manifest = folder / "run.json"
+    if getattr(args, "resume", False) and not manifest.is_file():
+        raise UsageError(f"--resume: no interrupted run to continue in {folder} (no run.json)")
+    if folder.is_dir() and not manifest.is_file() and any(folder.iterdir()):
+        raise UsageError(f"run folder {folder} exists and is not a featurecircuits run folder; give --run-dir")
+    return folder
 
 
 def _file_task(args):
