@@ -1,9 +1,15 @@
 """The RelP paper's component-level experiment: AP vs AtP vs RelP (vs IG) at every layer and position.
 
-For resid_l, attn_l and mlp_l at every layer and token position, each method's score (summed over the
-hidden dimension) is averaged over pairs; the Pearson correlation with AP is taken per component type
-over all layer × position cells. Prompts of different token lengths form separate groups whose cells are
-pooled for the correlation.
+For resid_l, attn_l and mlp_l at every layer and token position, each method's score is summed over the
+hidden dimension. The Pearson correlation with AP is taken per component type under two poolings:
+
+- ``cell_means``: each layer × position cell averaged over pairs first, then correlated over cells (the
+  RelP paper's Table 5); prompts of different token lengths form separate groups whose cells are pooled.
+- ``pairs_x_cells``: every pair × layer × position cell, nothing averaged — per-example agreement, which is
+  lower and not smoothed by averaging.
+
+AP is computed once per batch and reused for every method and every LRP rule set (``rules``: a sweep).
+With ``groups`` (one label per batch, e.g. the IOI template) the figures are also given per group.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .attribution import attribute, pearson
-from .config import AttributionConfig
+from .config import AttributionConfig, LRPConfig
 from .data import Batch, logit_diff
 from .models import Model
+from .registry import method_info
 
 KINDS = ("resid", "attn", "mlp")
+POOLINGS = {
+    "cell_means": "each layer × position cell averaged over pairs, then correlated over cells (RelP paper, Table 5)",
+    "pairs_x_cells": "every pair × layer × position cell, nothing averaged",
+}
 
 # The RelP paper's Table 5 (IOI, Pearson correlation with activation patching), for reference.
 PAPER_TABLE5 = {
@@ -32,26 +43,41 @@ PAPER_TABLE5 = {
 class Comparison:
     model: str
     task: str
-    methods: list[str]
+    methods: list[str]  # labels: a method name, or "relp[<rules>]" when several rule sets are swept
     n_pairs: int
-    grids: dict[int, dict[str, dict[str, torch.Tensor]]]  # length → method → kind → (layers, positions)
+    grids: dict[int, dict[str, dict[str, torch.Tensor]]]  # length → label → kind → (layers, positions), pair mean
     tokens: dict[int, list[str]]  # length → tokens of one clean prompt
-    pcc: dict[str, dict[str, float]] = field(default_factory=dict)  # method → kind → PCC with AP
+    pcc: dict[str, dict[str, float]] = field(default_factory=dict)  # label → kind → PCC, cell-means pooling
     normalized: bool = False
-    configs: dict[str, dict] = field(default_factory=dict)  # method → AttributionConfig.to_dict()
+    configs: dict[str, dict] = field(default_factory=dict)  # label → AttributionConfig.to_dict()
+    pcc_pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # label → kind → PCC, pairs × cells
+    pairs: dict[int, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)  # (pairs, layers, pos)
+    pair_groups: dict[int, list[str]] = field(default_factory=dict)  # length → group label of each pair
+    by_group: dict[str, dict] = field(default_factory=dict)  # group → {n_pairs, pooling → label → kind → PCC}
+
+    @property
+    def pcc_by_pooling(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {"cell_means": self.pcc, "pairs_x_cells": self.pcc_pairs}
 
     def to_dict(self) -> dict:
         return {"model": self.model, "task": self.task, "methods": self.methods, "n_pairs": self.n_pairs,
-                "normalized": self.normalized, "pcc": self.pcc, "configs": self.configs,
-                "groups": {str(k): {"tokens": self.tokens[k],
+                "normalized": self.normalized, "pcc": self.pcc, "poolings": POOLINGS,
+                "pcc_by_pooling": self.pcc_by_pooling, "by_group": self.by_group, "configs": self.configs,
+                "groups": {str(k): {"tokens": self.tokens.get(k, []), "pair_groups": self.pair_groups.get(k, []),
                                     "grids": {m: {kind: g.tolist() for kind, g in by_kind.items()}
                                               for m, by_kind in v.items()}}
                            for k, v in self.grids.items()}}
 
 
 def pooled_cells(grids, method: str, kind: str) -> torch.Tensor:
-    """Every layer × position cell of one method and component type, over all length groups."""
+    """Every cell of one method and component type, over all length groups (of ``grids`` or ``pairs``)."""
     return torch.cat([grids[t][method][kind].flatten() for t in sorted(grids)])
+
+
+def pooled_pcc(grids, labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """label → kind → Pearson correlation with AP over the pooled cells of ``grids``."""
+    return {m: {kind: pearson(pooled_cells(grids, "ap", kind), pooled_cells(grids, m, kind)) for kind in KINDS}
+            for m in labels}
 
 
 def normalized_logit_diff(batch: Batch, ld_clean: torch.Tensor, ld_patch: torch.Tensor):
@@ -65,50 +91,79 @@ def normalized_logit_diff(batch: Batch, ld_clean: torch.Tensor, ld_patch: torch.
         return (logit_diff(logits, b) - lo) / (hi - lo)
 
     metric.__name__ = "normalized_logit_diff"
+    metric.last_positions = 1
     return metric
 
 
+def rule_label(method: str, rules: LRPConfig, several: bool) -> str:
+    """``relp`` for one rule set; ``relp[attention=ah]`` when several are swept."""
+    return f"{method}[{rules.spec}]" if several else method
+
+
 def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = ("atp", "relp"),
-            attribution: AttributionConfig | None = None, normalized: bool = False, max_batch: int = 256,
+            attribution: AttributionConfig | None = None, rules: Sequence[LRPConfig] | None = None,
+            groups: Sequence[str] | None = None, normalized: bool = False, max_batch: int = 256,
             task_name: str = "task", progress: bool = False) -> Comparison:
-    """Every method against AP, with ``attribution``'s direction and rules (only the method replaced)."""
+    """Every method against AP, with ``attribution``'s direction and rules (only the method replaced).
+
+    ``rules``: several LRP rule sets to sweep for the methods that use rules (default: ``attribution``'s);
+    AP and the rule-free methods run once per batch. ``groups``: a label per batch (e.g. its IOI template).
+    """
     methods = [m for m in methods if m != "ap"]
-    base = (attribution or AttributionConfig()).with_(max_batch=max_batch).resolve(model.family.name)
-    configs = {m: base.with_(method=m) for m in ["ap", *methods]}
-    grids: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
-    counts: dict[int, int] = {}
+    base = (attribution or AttributionConfig()).with_(max_batch=max_batch)
+    rule_sets = list(rules) if rules else [base.lrp]
+    if groups is not None and len(groups) != len(batches):
+        raise ValueError(f"groups needs one label per batch: {len(groups)} labels for {len(batches)} batches")
+    configs: dict[str, AttributionConfig] = {"ap": base.with_(method="ap")}
+    for m in methods:
+        if method_info(m).uses_rules:
+            for r in rule_sets:
+                configs[rule_label(m, r, len(rule_sets) > 1)] = base.with_(method=m, lrp=r)
+        else:
+            configs[m] = base.with_(method=m)
+    configs = {label: c.resolve(model.family.name) for label, c in configs.items()}
+    labels = [label for label in configs if label != "ap"]
+    per_pair: dict[int, dict[str, dict[str, list[torch.Tensor]]]] = {}
+    pair_groups: dict[int, list[str]] = {}
     tokens: dict[int, list[str]] = {}
-    for batch in tqdm(batches, desc="compare", disable=not progress):
+    for i, batch in enumerate(tqdm(batches, desc="compare", disable=not progress)):
         batch = batch.to(model.device)
         metric = logit_diff
         if normalized:
             with torch.no_grad():
-                ld_c = logit_diff(model.hf(input_ids=batch.clean).logits, batch)
-                ld_p = logit_diff(model.hf(input_ids=batch.patch).logits, batch)
+                ld_c = logit_diff(model.hf(input_ids=batch.clean, logits_to_keep=1).logits, batch)
+                ld_p = logit_diff(model.hf(input_ids=batch.patch, logits_to_keep=1).logits, batch)
             metric = normalized_logit_diff(batch, ld_c, ld_p)
         t = batch.n_tokens
-        group = grids.setdefault(t, {})
-        counts[t] = counts.get(t, 0) + len(batch)
+        group = per_pair.setdefault(t, {})
+        pair_groups.setdefault(t, []).extend([groups[i] if groups is not None else "all"] * len(batch))
         if t not in tokens and model.tokenizer is not None:
             tokens[t] = model.tokenizer.convert_ids_to_tokens(batch.clean[0].tolist())
-        for method in ["ap", *methods]:
-            res = attribute(model, batch, config=configs[method], metric=metric)
-            per_kind = group.setdefault(method, {})
+        for label, config in configs.items():
+            res = attribute(model, batch, config=config, metric=metric)
+            per_kind = group.setdefault(label, {})
             for kind in KINDS:
                 subs = [s.name for s in model.submodules if s.kind == kind]
-                g = torch.stack([res.scores[s].sum(0) for s in subs]).detach().cpu()
-                per_kind[kind] = per_kind.get(kind, 0) + g
-    for t, group in grids.items():
-        for per_kind in group.values():
-            for kind in per_kind:
-                per_kind[kind] = per_kind[kind] / counts[t]
-    pcc = {}
-    for method in methods:
-        pcc[method] = {}
-        for kind in KINDS:
-            pcc[method][kind] = pearson(pooled_cells(grids, "ap", kind), pooled_cells(grids, method, kind))
-    return Comparison(model.name, task_name, list(methods), sum(counts.values()), grids, tokens, pcc, normalized,
-                      {m: c.to_dict() for m, c in configs.items()})
+                per_kind.setdefault(kind, []).append(
+                    torch.stack([res.scores[s] for s in subs], dim=1).detach().float().cpu())  # (B, L, T)
+    pairs = {t: {label: {kind: torch.cat(v) for kind, v in by_kind.items()} for label, by_kind in g.items()}
+             for t, g in per_pair.items()}
+    grids = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}
+             for t, g in pairs.items()}
+    by_group = {}
+    names = list(dict.fromkeys(groups)) if groups is not None else []
+    for name in names if len(names) > 1 else []:
+        sel = {t: torch.tensor([g == name for g in pg]) for t, pg in pair_groups.items()}
+        sub = {t: {label: {kind: v[sel[t]] for kind, v in by_kind.items()} for label, by_kind in g.items()}
+               for t, g in pairs.items() if sel[t].any()}
+        means = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}
+                 for t, g in sub.items()}
+        by_group[name] = {"n_pairs": int(sum(int(s.sum()) for s in sel.values())),
+                          "cell_means": pooled_pcc(means, labels), "pairs_x_cells": pooled_pcc(sub, labels)}
+    n_pairs = sum(len(pg) for pg in pair_groups.values())
+    return Comparison(model.name, task_name, labels, n_pairs, grids, tokens, pooled_pcc(grids, labels), normalized,
+                      {label: c.to_dict() for label, c in configs.items()}, pooled_pcc(pairs, labels), pairs,
+                      pair_groups, by_group)
 
 
 def comparison_figure(comp: Comparison):
@@ -143,12 +198,15 @@ def comparison_figure(comp: Comparison):
             ap, est = pooled_cells(comp.grids, "ap", kind), pooled_cells(comp.grids, m, kind)
             fig.add_trace(go.Scatter(x=ap.tolist(), y=est.tolist(), mode="markers", marker={"size": 5},
                                      marker_color=palette.get(m, "#555"),
-                                     name=f"{m} (r={comp.pcc[m][kind]:.3f})", legendgroup=m,
+                                     name=f"{m} (r={comp.pcc[m][kind]:.3f} cell means, "
+                                          f"{comp.pcc_pairs.get(m, {}).get(kind, float('nan')):.3f} pairs × cells)",
+                                     legendgroup=m,
                                      showlegend=(r == 1)), row=r, col=cols)
         fig.update_xaxes(title_text=f"AP score ({kind})", row=r, col=cols)
         fig.update_yaxes(title_text="method's estimate", row=r, col=cols)
     fig.update_layout(title=html.escape(f"{comp.model} · {comp.task} · {comp.n_pairs} pairs: "
-                                        "component-level attribution vs activation patching"),
+                                        "component-level attribution vs activation patching "
+                                        "(scatter: cells averaged over pairs; r for both poolings)"),
                       template="plotly_white", height=330 * len(KINDS) + 60, width=330 * cols + 80,
                       legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": -0.06, "yanchor": "top"},
                       margin={"b": 90})

@@ -18,13 +18,19 @@ from .registry import FAMILIES, MethodInfo, method_info, unknown
 NormRule = Literal["ln", "grad"]
 ActRule = Literal["identity", "grad"]
 LinearRule = Literal["zero", "epsilon", "gamma"]
-AttentionRule = Literal["grad", "ah"]
+AttentionRule = Literal["grad", "ah", "uniform"]
 GateRule = Literal["half", "grad"]
-RULE_TYPES = {"norm": NormRule, "act": ActRule, "linear": LinearRule, "attention": AttentionRule, "gate": GateRule}
+QKNormRule = Literal["ln", "grad"]
+RULE_TYPES = {"norm": NormRule, "act": ActRule, "linear": LinearRule, "attention": AttentionRule, "gate": GateRule,
+              "qk_norm": QKNormRule}
 
-# The RelP paper's rules (AH-rule off): what a family gets unless its registry entry says otherwise.
-PAPER_RULES = {"norm": "ln", "act": "identity", "linear": "zero", "attention": "grad", "gate": "half"}
-GRADIENT_RULES = {"norm": "grad", "act": "grad", "linear": "zero", "attention": "grad", "gate": "grad"}
+# The RelP paper's rules (AH-rule off): what a family gets unless its registry entry says otherwise. The
+# paper applies the LN-rule to every norm, so also to per-head query/key norms (``qk_norm``) where a family
+# has them; see docs/rules.md for why that default is wrong without the AH-rule and what replaces it.
+PAPER_RULES = {"norm": "ln", "act": "identity", "linear": "zero", "attention": "grad", "gate": "half",
+               "qk_norm": "ln"}
+GRADIENT_RULES = {"norm": "grad", "act": "grad", "linear": "zero", "attention": "grad", "gate": "grad",
+                  "qk_norm": "grad"}
 RULE_SETS = ("default", "gradient", "paper")
 
 
@@ -34,6 +40,14 @@ class LRPConfig:
 
     ``LRPConfig()`` is the family's default set; ``LRPConfig(attention="ah")`` the same with the AH-rule;
     ``LRPConfig.gradient()`` turns every rule off (RelP then equals AtP).
+
+    - ``norm``: LayerNorm/RMSNorm on the residual stream (pre-/post-attention, pre-/post-MLP, final).
+    - ``qk_norm``: norms inside the attention's query/key path (Gemma-3's and Qwen3's per-head ``q_norm`` /
+      ``k_norm``); only the attention pattern depends on them, so their rule only matters when gradient
+      flows through the pattern (``attention`` ``grad`` or ``uniform``; under ``ah`` they are skipped).
+    - ``attention``: ``grad`` (softmax and both matmuls with their plain gradient), ``ah`` (AH-rule / CP-LRP:
+      the pattern held constant, query and key detached), ``uniform`` (AttnLRP: softmax with its gradient,
+      the uniform rule at both bilinear matmuls QKᵀ and A·V — query and key gradients ÷ 4, value ÷ 2).
     """
 
     norm: NormRule | None = None
@@ -41,6 +55,7 @@ class LRPConfig:
     linear: LinearRule | None = None
     attention: AttentionRule | None = None
     gate: GateRule | None = None
+    qk_norm: QKNormRule | None = None
     epsilon: float = 1e-6
     gamma: float = 0.25
 
@@ -83,7 +98,7 @@ class LRPConfig:
     @classmethod
     def parse(cls, spec: str) -> LRPConfig:
         """``default`` | ``gradient`` | ``paper``, optionally followed by ``key=value`` overrides:
-        ``attention=ah,norm=ln``, ``gradient,gate=half``, ``linear=epsilon,epsilon=1e-4``."""
+        ``attention=ah,norm=ln``, ``gradient,gate=half``, ``linear=epsilon,epsilon=1e-4``, ``qk_norm=grad``."""
         items = [s.strip() for s in str(spec).split(",")]
         if not items or any(not s for s in items):
             raise ValueError(f"empty item in rules {spec!r}")

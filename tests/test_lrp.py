@@ -16,10 +16,17 @@ ALL_ON = [
     fc.LRPConfig(attention="ah", linear="epsilon"),
     fc.LRPConfig(attention="ah", linear="gamma"),
     fc.LRPConfig(),
+    fc.LRPConfig.paper(),
+    fc.LRPConfig(attention="uniform"),
+    fc.LRPConfig(attention="uniform", qk_norm="grad"),
+    fc.LRPConfig(attention="grad", qk_norm="grad"),
+    fc.LRPConfig.gradient(),
 ]
+ALL_ON_IDS = ["eps+ah", "gamma+ah", "default", "paper", "uniform", "uniform+qk_grad", "grad+qk_grad", "gradient"]
+QK_NORM_FAMILIES = ("gemma3", "qwen3")
 
 
-@pytest.mark.parametrize("config", ALL_ON, ids=["eps+ah", "gamma+ah", "default"])
+@pytest.mark.parametrize("config", ALL_ON, ids=ALL_ON_IDS)
 def test_forward_is_bit_identical_under_every_rule(family, config):
     model = tiny_model(family)
     ids = random_batch().clean
@@ -202,3 +209,112 @@ def test_rule_names_are_validated():
         fc.LRPConfig(attention="AH")
     with pytest.raises(ValueError, match="epsilon"):
         fc.LRPConfig(linear="epsilon", epsilon=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where rules are installed; query/key norms; the attention rules' gradient factors
+
+
+def _norm_paths(model, inner: bool) -> list[str]:
+    out = []
+    for name, mod in model.hf.named_modules():
+        if lrp._is_norm(mod) and (name.rsplit(".", 1)[-1] in ("q_norm", "k_norm")) == inner:
+            out.append(name)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("config", ALL_ON, ids=ALL_ON_IDS)
+def test_rules_are_installed_exactly_where_intended(family, config):
+    model = tiny_model(family)
+    with fc.apply_rules(model, config) as report:
+        pass
+    rules = config.resolve(family)
+    assert report.config == rules and report.family == family
+    outer, inner = _norm_paths(model, False), _norm_paths(model, True)
+    assert bool(inner) == (family in QK_NORM_FAMILIES)
+    if family in QK_NORM_FAMILIES:
+        assert len(inner) == 2 * model.n_layers  # q_norm and k_norm of every layer
+    # residual-stream norms get the norm rule, never the query/key norm rule
+    assert sorted(report.modules("norm=ln")) == (outer if rules.norm == "ln" else [])
+    qk = report.modules(f"qk_norm={rules.qk_norm}")
+    if inner and rules.attention != "ah" and rules.qk_norm == "ln":
+        assert sorted(qk) == inner
+    else:
+        assert qk == [] and f"qk_norm={rules.qk_norm}" in report.skipped
+        why = report.skipped[f"qk_norm={rules.qk_norm}"]
+        assert ("no norms" in why) if not inner else ("attention=ah" in why or why == "plain gradient")
+    attns = [f"{model.family.layers}.{l}.{model.family.attn}" for l in range(model.n_layers)]
+    assert report.modules(f"attention={rules.attention}") == (attns if rules.attention != "grad" else [])
+    acts = [f"{model.family.layers}.{l}.{model.family.mlp}.{model.family.act}" for l in range(model.n_layers)]
+    assert report.modules("act=identity") == (acts if rules.act == "identity" else [])
+    gated = model.family.gate is not None and rules.gate == "half"
+    assert len(report.modules("gate=half")) == (model.n_layers if gated else 0)
+    assert lrp.plan_rules(model, config).installed == report.installed
+    assert "LRP rules for" in report.summary()
+
+
+def _norm_grads(model, norm, config):
+    """(input, output, input gradient, output gradient) of one norm module under ``config``."""
+    kept = {}
+
+    def hook(mod, args, out):
+        args[0].retain_grad()
+        out.retain_grad()
+        kept.update(x=args[0], y=out)
+
+    ids = random_batch().clean
+    with fc.apply_rules(model, config):
+        handle = norm.register_forward_pre_hook(lambda m, a: (a[0].detach().requires_grad_(True),))
+        with lrp.hooks({norm: hook}):
+            model.hf(input_ids=ids).logits[:, -1].sum().backward()
+        handle.remove()
+    return kept["x"].detach(), kept["y"].detach(), kept["x"].grad, kept["y"].grad
+
+
+@pytest.mark.parametrize("family_name", QK_NORM_FAMILIES)
+@pytest.mark.parametrize("attention", ["grad", "uniform"])
+def test_query_key_norm_rules_local_gradient(family_name, attention):
+    """qk_norm=ln: w/RMS on the input (scale held constant, Gemma's 1 + w kept); qk_norm=grad: the norm's
+    own gradient, orthogonal to its input per head — the attention logits do not depend on the scale of
+    the raw query, so no relevance flows along it."""
+    model = tiny_model(family_name)
+    norm = model.layer_module(0, model.family.attn).q_norm
+    offset = model.family.norm_weight_offset
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+    x, _, gx, gy = _norm_grads(model, norm, fc.LRPConfig.gradient().with_(attention=attention, qk_norm="ln"))
+    rms = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    assert torch.allclose(gx, gy * (offset + norm.weight.detach()) / rms, atol=1e-6)
+    x, _, gx, gy = _norm_grads(model, norm, fc.LRPConfig.gradient().with_(attention=attention, qk_norm="grad"))
+    assert gx.abs().sum() > 0
+    ms = x.float().pow(2).mean(-1)
+    radial = (x * gx).sum(-1)  # per head vector: zero but for the norm's ε
+    assert (radial.abs() <= 2 * eps / (ms + eps) * (x.abs() * gx.abs()).sum(-1) + 1e-9).all()
+
+
+def test_uniform_rule_quarters_query_and_key_and_halves_value(family):
+    """AttnLRP's uniform rule at QKᵀ and A·V: in the last layer (nothing but its MLP downstream) the
+    gradients at the projections are ¼, ¼, ½ of the plain ones."""
+    model = tiny_model(family)
+    attn = model.layer_module(model.n_layers - 1, model.family.attn)
+    fused = {"gpt_neox": "query_key_value", "gpt2": "c_attn"}.get(model.family.name)
+
+    def grads(config):
+        kept = {}
+
+        def keep(name):
+            def hook(m, a, o):
+                kept[name] = o
+                o.retain_grad()
+            return hook
+
+        targets = ({getattr(attn, fused): keep("qkv")} if fused else
+                   {attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")})
+        with lrp.hooks(targets), fc.apply_rules(model, config):
+            model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
+        return _qkv_grads(model, attn, kept)
+
+    plain = grads(fc.LRPConfig.gradient())
+    uniform = grads(fc.LRPConfig.gradient().with_(attention="uniform"))
+    for p, u, f in zip(plain, uniform, (0.25, 0.25, 0.5), strict=True):
+        assert p.abs().sum() > 0
+        assert torch.allclose(u, f * p, atol=1e-7)
