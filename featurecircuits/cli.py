@@ -604,7 +604,8 @@ def cmd_plan(args) -> int:
         odd = [n for n in widths if not re.fullmatch(r"embed|(attn|mlp|resid)_\d+", n)]
         if odd:
             raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, attn_L, mlp_L, resid_L)")
-    p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype)
+    p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype,
+             logit_positions=args.logit_positions)
     print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0
 
@@ -795,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--method", choices=["atp", "relp"], default="relp", help="attribution method")
     pl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                     help="dtype of the model and dictionaries")
+    pl.add_argument("--logit-positions", type=int, default=1,
+                    help="final positions whose logits the metric reads (default 1, the logit difference; 0: all)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
 

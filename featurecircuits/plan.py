@@ -13,8 +13,10 @@
 - ``activations``: what the model's own forward saves for the backward pass (per layer and token: a
   family-specific number of d_model-, d_ff- and head-sized vectors plus the attention pattern; counted
   with autograd's saved-tensor hooks on tiny models of each family, with and without the LRP rules);
-- ``logits``: (batch, tokens, vocab) tensors: the source run's and the base run's logits are kept to the
-  end; during the backward pass the softcap's saved output (Gemma-2) and the logit gradients add more;
+- ``logits``: (batch, positions, vocab) tensors, where positions are those the metric reads (the model
+  computes logits only there; 1 for the default logit difference, all tokens for a metric that reads
+  every position): the source run's and the base run's logits are kept to the end; during the backward
+  pass the softcap's saved output (Gemma-2) and the logit gradients add more;
 - ``transient``: short-lived tensors at the peak: the finiteness check's boolean copy of the largest
   score tensor.
 
@@ -234,12 +236,13 @@ def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
 
 
 def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, method: str = "relp",
-         dtype: str | torch.dtype = "float32") -> Plan:
+         dtype: str | torch.dtype = "float32", logit_positions: int = 1) -> Plan:
     """Peak memory of ``attribute(method=...)`` on ``batch`` prompt pairs of ``tokens`` tokens.
 
     ``dict_widths``: ``None`` (component level: every submodule, no dictionaries), an int (that width at
     every submodule), or a mapping from submodule name to width or to (width, d_in) (d_in defaults to
-    d_model; Gemma Scope's attention SAEs read hook_z, of width heads · head_dim).
+    d_model; Gemma Scope's attention SAEs read hook_z, of width heads · head_dim). ``logit_positions``:
+    how many final positions' logits the metric reads (its ``last_positions``; 0: every position).
     """
     if method not in PLANNED_METHODS:
         raise ValueError(f"the planner covers methods {', '.join(PLANNED_METHODS)}, not {method!r}")
@@ -252,6 +255,8 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if not (isinstance(batch, int) and isinstance(tokens, int) and batch >= 1 and tokens >= 1):
         raise ValueError(f"batch and tokens must be positive integers, got {batch!r} and {tokens!r}")
+    if not (isinstance(logit_positions, int) and logit_positions >= 0):
+        raise ValueError(f"logit_positions must be a non-negative integer (0: every position), got {logit_positions!r}")
     size = DTYPES[dtype].itemsize
     geo = geometry(config_or_model)
     widths = _widths(dict_widths, geo)
@@ -271,7 +276,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
     per_token_layer = cd * geo.d_model + cff * geo.d_ff + catt * geo.n_heads * tokens + \
         cqkv * geo.n_heads * geo.head_dim
     activations = int(n * (geo.n_layers * per_token_layer + 3 * geo.d_model) * size)
-    logit = n * geo.vocab * size
+    logit = batch * (min(logit_positions, tokens) if logit_positions else tokens) * geo.vocab * size
 
     phases = {
         "backward": {"parameters": params, "dictionaries": dict_weights,

@@ -58,8 +58,12 @@ def test_scaling_in_batch_and_tokens():
     # in tokens: features, errors and logits linearly; saved activations faster (the attention pattern)
     a16 = plan(PYTHIA, widths, 1, 16)
     a64 = plan(PYTHIA, widths, 1, 64)
-    for key in ("features", "errors", "logits"):
+    for key in ("features", "errors"):
         assert a64.breakdown[key] == pytest.approx(4 * a16.breakdown[key], rel=1e-6)
+    # logits only where the metric reads them: the last position by default, every position with 0
+    assert a64.breakdown["logits"] == a16.breakdown["logits"]
+    every16, every64 = plan(PYTHIA, widths, 1, 16, logit_positions=0), plan(PYTHIA, widths, 1, 64, logit_positions=0)
+    assert every64.breakdown["logits"] == 4 * every16.breakdown["logits"] == 64 * a64.breakdown["logits"]
     g16, g64 = plan(GEMMA, None, 1, 16), plan(GEMMA, None, 1, 64)
     assert g16.phase == g64.phase == "backward"
     assert g64.breakdown["activations"] > 4 * g16.breakdown["activations"]
@@ -90,6 +94,8 @@ def test_rejects_what_it_does_not_plan():
         plan(PYTHIA, 10, 1, 1, dtype="float8")
     with pytest.raises(ValueError, match="positive integers"):
         plan(PYTHIA, 10, 0, 1)
+    with pytest.raises(ValueError, match="logit_positions"):
+        plan(PYTHIA, 10, 1, 1, logit_positions=-1)
     with pytest.raises(TypeError, match="dict_widths"):
         plan(PYTHIA, [10], 1, 1)
 
