@@ -75,6 +75,20 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
+def module_device(mod: nn.Module) -> torch.device:
+    """The device a module computes on: accelerate's execution device for an offloaded or dispatched
+    module (whose weights may live on ``meta``), else the device of its first parameter."""
+    for m in mod.modules():
+        hook = getattr(m, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    for p in mod.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
 class Model:
     """A Hugging Face causal LM wrapped in nnsight, with its family's layout."""
 
@@ -110,7 +124,13 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the device the embedding runs on."""
+        return module_device(self.hf.get_input_embeddings())
+
+    def submodule_device(self, sub: Submodule) -> torch.device:
+        """Where a submodule runs (its dictionary is placed there); differs per submodule under a
+        ``device_map`` that shards or offloads the model."""
+        return module_device(self.module(sub))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -157,14 +177,21 @@ def load_model(
     name_or_model,
     *,
     tokenizer=None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> Model:
     """Load ``"organism"``, a local directory, a Hugging Face hub id, or wrap an in-memory model.
 
-    Models are loaded with eager attention, so the attention pattern is an explicit tensor that the
-    AH-rule can hold constant.
+    ``dtype`` (``float32``/``bfloat16``/…), ``device``, and ``device_map`` (``"auto"`` or a dict of module
+    path → device, ``"cpu"`` or ``"disk"``; needs accelerate) are passed to transformers, so a model can be
+    sharded across GPUs or offloaded; dictionaries are then placed with their submodule. Models are loaded
+    with eager attention, so the attention pattern is an explicit tensor that the AH-rule can hold constant.
     """
+    dtype = parse_dtype(dtype)
+    if device_map is not None and device is not None:
+        raise ValueError("give either device or device_map, not both")
     if isinstance(name_or_model, Model):
         return name_or_model
     if isinstance(name_or_model, nn.Module):
@@ -182,22 +209,37 @@ def load_model(
                 )
             source = str(ORGANISM_DIR)
         if name.endswith(".gguf") or name in GGUF_PACKAGES:
-            model = load_gguf(name)
+            model = load_gguf(name, device_map=device_map)
         else:
-            model = _load_pretrained(name, source, tokenizer, dtype)
-    if device is not None or dtype is not None:
+            model = _load_pretrained(name, source, tokenizer, dtype, device_map, offload_folder)
+    if device_map is None and (device is not None or dtype is not None):
         model.hf.to(device=device, dtype=dtype)
     log.info("loaded %r", model)
     return model
 
 
-def _load_pretrained(name: str, source: str, tokenizer, dtype) -> Model:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[str(dtype)]
+
+
+def _load_pretrained(name: str, source: str, tokenizer, dtype, device_map=None, offload_folder=None) -> Model:
     """A local directory or hub id through transformers, with eager attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"attn_implementation": "eager"}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
@@ -228,7 +270,7 @@ def gguf_path(name: str) -> Path:
     return path
 
 
-def load_gguf(name: str) -> Model:
+def load_gguf(name: str, *, device_map=None) -> Model:
     """Load a GGUF checkpoint (dequantised) with transformers; needs the optional ``gguf`` extra.
     ``load_model`` routes ``.gguf`` paths and packaged names here and applies device/dtype."""
     import importlib.util
@@ -242,5 +284,7 @@ def load_gguf(name: str) -> Model:
                          "pip install 'featurecircuits[gguf]'")
     kwargs = {"gguf_file": path.name}
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     hf = AutoModelForCausalLM.from_pretrained(path.parent, attn_implementation="eager", **kwargs)
     return Model(hf, tokenizer, name=name)

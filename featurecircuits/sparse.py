@@ -15,7 +15,7 @@ import torch
 
 def coo(indices: torch.Tensor, values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """A coalesced COO tensor from unique, sorted (ndim, nnz) indices (as ``nonzero().t()`` gives)."""
-    return torch.sparse_coo_tensor(indices, values, tuple(shape), is_coalesced=True)
+    return torch.sparse_coo_tensor(indices, values, tuple(shape), is_coalesced=True, check_invariants=False)
 
 
 def dense(t: torch.Tensor) -> torch.Tensor:
