@@ -248,12 +248,37 @@ def _file_task(args):
     raise UsageError(f"--task {args.task!r} is neither a file nor a task name; task names: {', '.join(TASK_NAMES)}")
 
 
+def _placement(args) -> dict:
+    """--dtype, --device and --device-map as load_model options (device_map: 'auto' or a JSON object)."""
+    import json
+
+    out = {"dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None)}
+    spec = getattr(args, "device_map", None)
+    if spec is not None:
+        try:
+            out["device_map"] = json.loads(spec) if spec.lstrip().startswith("{") else spec
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--device-map {spec!r} is not 'auto' or a JSON object ({exc.msg})") from None
+        out["offload_folder"] = getattr(args, "offload_folder", None)
+    return out
+
+
+def _placement_options(p) -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="load the model (and its dictionaries) in this dtype (default: as stored)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where the model loads)")
+    p.add_argument("--device-map", default=None,
+                   help="accelerate device map: 'auto' or a JSON object of module path → device/'cpu'/'disk', to "
+                        "shard a model across GPUs or offload it; dictionaries go with their submodule")
+    p.add_argument("--offload-folder", default=None, help="folder for weights offloaded to 'disk' by --device-map")
+
+
 def _load(args):
     from .dictionaries import load_dictionaries
     from .models import load_model
     from .registry import NO_DICTIONARIES
 
-    model = load_model(args.model)
+    model = load_model(args.model, **_placement(args))
     start = getattr(args, "start_layer", None)
     if start is not None and start >= model.n_layers:
         raise UsageError(f"--start-layer {start} is beyond the model's {model.n_layers} layers "
@@ -381,6 +406,7 @@ def cmd_evaluate(args) -> int:
         circuit.check_model(model)
     except ValueError as exc:
         raise UsageError(f"{args.circuit}: {exc}") from None
+    check_features(args.circuit, circuit, dicts)
     result = evaluate(model, dicts, circuit, _task(args, model, loaded), config=_ablation(args),
                       n_examples=args.n_examples, batch_size=args.batch_size)
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",
@@ -390,6 +416,23 @@ def cmd_evaluate(args) -> int:
     if args.out:
         atomic_write_text(args.out, json.dumps(asdict(result), indent=1))
     return 0
+
+
+def check_features(where, circuit, dicts) -> None:
+    """Every feature node of ``circuit`` exists in the given dictionaries (else the ablation masks would index
+    past a dictionary's width)."""
+    from .circuit import parse_node_id
+
+    for node in circuit.nodes:
+        sub, part, feat, _ = parse_node_id(node)
+        if feat is None:
+            continue
+        if not dicts or sub not in dicts:
+            raise UsageError(f"{where}: node {node!r} is a feature of {sub}'s dictionary, but no dictionary is "
+                             f"given for {sub} (--dictionaries)")
+        if feat >= dicts[sub].width:
+            raise UsageError(f"{where}: node {node!r}: feature {feat} is beyond {sub}'s dictionary width "
+                             f"{dicts[sub].width}")
 
 
 def cmd_curve(args) -> int:
@@ -468,7 +511,7 @@ def cmd_compare(args) -> int:
     from .models import load_model
     from .tasks import Task
 
-    model = load_model(args.model)
+    model = load_model(args.model, **_placement(args))
     task = _task(args, model, loaded)
     sweep = args.rules or [LRPConfig()]
     args.rules = sweep[0]
@@ -675,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "joined by '+'; see docs/dictionaries.md), 'neurons' "
                             "(identity baseline) or 'none' (component level); default: the set known for --model "
                             "(organism → organism, EleutherAI/pythia-70m-deduped → pythia-70m-deduped), else none")
+        _placement_options(p)
         if task:
             p.add_argument("--task", required=True,
                            help=f"a JSONL file or a task name ({', '.join(TASK_NAMES)})")
@@ -747,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="AP vs AtP vs RelP at every layer and position (RelP paper, Table 5)")
     cmp.add_argument("--model", default="organism", help="'organism', 'smollm2', a .gguf file, a folder or hub id")
+    _placement_options(cmp)
     cmp.add_argument("--task", default="ioi", help="a JSONL file or a task name")
     cmp.add_argument("--n", dest="n_examples", type=positive_int, default=100, help="number of pairs")
     cmp.add_argument("--batch-size", type=positive_int, default=25, help="pairs per batch")
