@@ -304,8 +304,12 @@ def _task(args, model, loaded=None):
     words = words_for(model.tokenizer)
     n = n_distinct(args.task, words)
     if args.n_examples > n:
-        raise UsageError(f"--n-examples {args.n_examples}: task {args.task} has only {n} distinct pairs with the "
-                         f"{words} word lists; ask for at most {n}")
+        if {"--n-examples", "--n"} & getattr(args, "given", set()):
+            raise UsageError(f"--n-examples {args.n_examples}: task {args.task} has only {n} distinct pairs with "
+                             f"the {words} word lists; ask for at most {n}")
+        print(f"note: task {args.task} has {n} distinct pairs with the {words} word lists; using all {n}",
+              file=sys.stderr)
+        args.n_examples = n
     task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words),
                 source={"generator": args.task, "n": args.n_examples, "seed": args.seed, "words": words})
     validate(task, model.tokenizer, source=f"generated {args.task}")

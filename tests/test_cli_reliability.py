@@ -239,3 +239,12 @@ def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json.run"]
     leftovers = [p.name for p in run.iterdir() if not p.name.endswith(".pt") and p.name != "run.json"]
     assert leftovers == []
+
+
+@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+def test_a_generated_task_with_the_default_count_takes_the_distinct_pairs_there_are(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["discover", "--task", "sva-simple", "--top-k", "5", "--edge-threshold", "0.1", "--batch-size", "40",
+                 "--out", str(out)]) == 0
+    assert "sva-simple has 40 distinct pairs" in capsys.readouterr().err
+    assert json.loads(out.read_text())["metadata"]["n_examples"] == 40
