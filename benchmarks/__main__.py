@@ -107,11 +107,15 @@ def run_setting(name, model, dicts, batch, methods, repeats, rows, levels=("comp
             if level == "feature" and method == "ap":
                 continue  # one forward per feature: see the component level for AP's cost
             kw = {"dictionaries": dicts} if level == "feature" else {}
-            secs, rss = timeit(lambda m=method, kw=kw: fc.attribute(model, batch, method=m, **kw),
-                               1 if method in ("ap", "ig") else repeats)
-            rows.append(_row(name, level, method, secs, rss, secs / base,
-                             secs / floor if level == "feature" else None))
-            print(_fmt(rows[-1]), flush=True)
+            variants = [(method, kw)]
+            if level == "feature" and method in ("atp", "relp"):  # what discover runs, and the dense reference
+                variants = [(method, {**kw, "sparse": True}), (f"{method} (dense path)", kw)]
+            for label, options in variants:
+                secs, rss = timeit(lambda m=method, o=options: fc.attribute(model, batch, method=m, **o),
+                                   1 if method in ("ap", "ig") else repeats)
+                rows.append(_row(name, level, label, secs, rss, secs / base,
+                                 secs / floor if level == "feature" else None))
+                print(_fmt(rows[-1]), flush=True)
 
 
 def top_nodes(res, k: int):
@@ -127,8 +131,8 @@ def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
     from featurecircuits.splice import Splice
 
     splice = Splice(model, dicts)
-    node_secs, _ = timeit(lambda: fc.attribute(model, batch, method="relp", dictionaries=dicts), 3)
-    res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    node_secs, _ = timeit(lambda: fc.attribute(model, batch, method="relp", dictionaries=dicts, sparse=True), 3)
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts, sparse=True)
     for k in sizes:
         nodes = top_nodes(res, k)
         secs, rss = timeit(lambda n=nodes: score_edges(model, splice, batch, res, n), 1)

@@ -248,6 +248,29 @@ def _file_task(args):
     raise UsageError(f"--task {args.task!r} is neither a file nor a task name; task names: {', '.join(TASK_NAMES)}")
 
 
+KINDS = ("embed", "attn", "mlp", "resid")
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(","))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown submodule kind(s) {', '.join(bad) or repr(text)}; "
+                                         f"valid: {', '.join(KINDS)}")
+    return kinds
+
+
+def _kind_submodules(args, model, dicts) -> list[str] | None:
+    """The candidate submodules under --kinds (those with dictionaries, or all, of those kinds)."""
+    kinds = getattr(args, "kinds", None)
+    if kinds is None:
+        return None
+    names = [s.name for s in model.submodules if s.kind in kinds and (not dicts or s.name in dicts)]
+    if not names:
+        raise UsageError(f"--kinds {','.join(kinds)} leaves no submodule with a dictionary")
+    return names
+
+
 def _placement(args) -> dict:
     """--dtype, --device and --device-map as load_model options (device_map: 'auto' or a JSON object)."""
     import json
@@ -363,7 +386,8 @@ def cmd_discover(args) -> int:
     start = time.perf_counter()
     circuit = discover(model, dicts, task, config=config, node_threshold=args.node_threshold,
                        edge_threshold=args.edge_threshold, top_k=args.top_k, aggregation=args.aggregation,
-                       n_examples=args.n_examples, batch_size=args.batch_size, progress=True, checkpoint=run)
+                       n_examples=args.n_examples, batch_size=args.batch_size, progress=True, checkpoint=run,
+                       submodules=_kind_submodules(args, model, dicts))
     files = {args.out: circuit.to_json() + "\n"}
     if args.html:
         tokens = None  # with positions kept, the columns show the examples' tokens (or "pos k" where they differ)
@@ -455,7 +479,8 @@ def cmd_curve(args) -> int:
     curve = faithfulness_curve(model, dicts, task, methods=args.methods,
                                attribution=_attribution(args, args.methods[0]), thresholds=args.thresholds,
                                relative=not args.absolute, config=_ablation(args), n_examples=args.n_examples,
-                               batch_size=args.batch_size, progress=True, checkpoint=run)
+                               batch_size=args.batch_size, progress=True, checkpoint=run,
+                               submodules=_kind_submodules(args, model, dicts))
     rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
              "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
     print(table(rows, list(rows[0])))
@@ -764,6 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--edge-threshold", type=threshold, default=0.01,
                       help="keep edges with |weight| ≥ this (the demo uses 0.02)")
     disc.add_argument("--top-k", type=nonnegative_int, help="keep the K nodes with the largest |score| instead")
+    disc.add_argument("--kinds", type=parse_kinds, default=None,
+                      help="candidate submodule kinds, e.g. attn,mlp (default: all); kinds left out are neither "
+                              "candidates nor ablated. At component level every resid_l is a cut of the whole "
+                              "model, so leave resid out to find attention/MLP circuits")
     disc.add_argument("--aggregation", choices=["sum", "none"], default="sum",
                       help="sum node scores over positions, or keep one node per position")
     attribution(disc)
@@ -787,6 +816,10 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--thresholds", type=thresholds_list,
                      help="comma-separated; default logspace(-4, 0, 15) × the largest score")
     cur.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
+    cur.add_argument("--kinds", type=parse_kinds, default=None,
+                     help="candidate submodule kinds, e.g. attn,mlp (default: all); kinds left out are neither "
+                             "candidates nor ablated. At component level every resid_l is a cut of the whole "
+                             "model, so leave resid out to find attention/MLP circuits")
     attribution(cur)
     cur.add_argument("--out", required=True, help="curve JSON file")
     cur.add_argument("--html", help="also write the plot here")

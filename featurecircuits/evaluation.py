@@ -267,6 +267,7 @@ def faithfulness_curve(
     *,
     methods: Sequence[str] = ("relp", "ig", "atp"),
     attribution: AttributionConfig | None = None,
+    submodules: Sequence[str] | None = None,
     thresholds: Sequence[float] | None = None,
     relative: bool = True,
     config: AblationConfig = AblationConfig(),
@@ -285,6 +286,10 @@ def faithfulness_curve(
     ``include_embed=False`` the earlier layers (and with ``errors`` keep/remove the error terms) are the
     same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation.
 
+    ``submodules`` (default: those with dictionaries, else all) are the candidates; the others are neither
+    selected nor ablated — e.g. attention and MLP outputs only at component level, where every residual
+    node is a cut of the whole model (keeping one while its inputs are mean-ablated just passes the mean on).
+
     Every method is scored with ``attribution`` (an AttributionConfig; keyword ``options`` such as
     ``ig_steps`` or ``lrp`` change it) with only its method replaced, so rules and direction apply to all.
 
@@ -296,7 +301,7 @@ def faithfulness_curve(
         check_threshold("threshold", t)
     base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
     configs = [base_cfg.with_(method=m) for m in methods]
-    splice = Splice(model, dictionaries)
+    splice = Splice(model, dictionaries, submodules)
     if not any(_ablatable(sub, config) for sub in splice.submodules):
         raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
                          f"include_embed={config.include_embed}; nothing to select")
@@ -333,7 +338,8 @@ def faithfulness_curve(
                                    "generator": gen.get_state()})
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
                           "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
-                          "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs}})
+                          "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs},
+                          "submodules": [s.name for s in splice.submodules]})
 
 
 def _curve_point(method, splice, scores, absolute: float, mean_metric, bounds, gen) -> CurvePoint:
