@@ -306,3 +306,17 @@ def test_a_small_relp_circuit_is_faithful_on_agreement_in_the_organism(task_name
     assert len(circuit) == 200
     assert result.faithfulness >= 0.8, result
     assert result.completeness <= 0.2, result
+
+
+def test_component_kinds_left_out_are_neither_candidates_nor_ablated():
+    model = tiny_model()
+    batch = random_batch(n=4)
+    subs = [s.name for s in model.submodules if s.kind in ("attn", "mlp")]
+    circuit = discover(model, None, [batch], submodules=subs, top_k=2, edges=False)
+    assert {parse_node_id(n)[0] for n in circuit.nodes} <= set(subs) and circuit.metadata["submodules"] == subs
+    full = evaluate(model, None, Circuit.from_dict(discover(model, None, [batch], submodules=subs,
+                                                          node_threshold=0.0, edges=False).to_dict()), [batch])
+    assert full.n_nodes == len(subs) and full.faithfulness == pytest.approx(1.0, abs=1e-5)
+    curve = faithfulness_curve(model, None, [batch], methods=("relp",), submodules=subs, thresholds=[0.0],
+                               relative=False, random_baseline=False)
+    assert curve.points[0].n_nodes == len(subs) and curve.config["submodules"] == subs
