@@ -1,7 +1,9 @@
 """Estimate the peak memory of an attribution run from shapes alone, before loading any weight.
 
-:func:`plan` counts what the AtP/RelP path holds at its two high points, for ``batch`` prompt pairs of
-``tokens`` tokens:
+:func:`plan` counts what the dense AtP/RelP path (``attribute(..., sparse=False)``) holds at its two high
+points, for ``batch`` prompt pairs of ``tokens`` tokens. (The sparse path, ``sparse=True``, keeps feature
+tensors only where a feature is active in either run; its ``features`` term would be O(batch · tokens ·
+L0) instead, which this planner does not model yet: for it, the dense figure is an upper bound.)
 
 - ``parameters``: the model's weights (counted exactly by building the model on the meta device);
 - ``dictionaries``: each dictionary's encoder and decoder (2 · d_in · width + width + d_in elements);
