@@ -27,7 +27,8 @@ _API = {
     "Task": "tasks", "load_task": "tasks", "make_task": "tasks",
 }
 _MODULES = ("fileio", "registry", "splice", "tasks", "models", "dictionaries", "config", "scoring", "evaluation",
-            "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan")
+            "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan", "paths",
+            "sparse")
 
 __all__ = sorted({*_API, "fileio", "registry", "splice", "tasks"})
 

@@ -12,23 +12,13 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UsageError
+from .paths import DICTIONARY_ROOT
+from .paths import ORGANISM_DIR as ORGANISM_MODEL_DIR
 from .registry import METHODS, TASK_NAMES, parse_methods
 from .report import table
 
 # Nothing here imports torch at module level: ``featurecircuits --help`` and every check of options and
 # input files answer before torch loads. Each command imports what it needs.
-
-def _data_root() -> Path:
-    """Where models/ and dictionaries/ are (as ``models.REPO_ROOT``, without importing torch): the installed
-    package's ``_data`` folder, else the repository root."""
-    package = Path(__file__).resolve().parent
-    return package / "_data" if (package / "_data" / "models").is_dir() else package.parent
-
-
-DATA_ROOT = _data_root()
-ORGANISM_MODEL_DIR = DATA_ROOT / "models" / "organism"
-DICTIONARY_ROOT = DATA_ROOT / "dictionaries"
-
 
 # --------------------------------------------------------------------------------------------------
 # Option types: checked when the command line is parsed

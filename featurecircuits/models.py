@@ -17,23 +17,14 @@ import nnsight
 import torch
 from torch import nn
 
+from .paths import DATA_ROOT, ORGANISM_DIR
 from .registry import GGUF_PACKAGES, ORGANISM, FamilyInfo, family_for_type
 
 log = logging.getLogger(__name__)
 
 SubmoduleKind = Literal["embed", "attn", "mlp", "resid"]
 
-def _data_root() -> Path:
-    """Where ``models/``, ``dictionaries/`` and ``tasks/`` are: inside an installed package (the wheel ships
-    them under ``featurecircuits/_data``), else the repository root of a clone or an editable install.
-    Resolved from this file, never from the current directory."""
-    package = Path(__file__).resolve().parent
-    shipped = package / "_data"
-    return shipped if (shipped / "models").is_dir() else package.parent
-
-
-REPO_ROOT = _data_root()  # the data root (the repository root in a clone)
-ORGANISM_DIR = REPO_ROOT / "models" / "organism"
+REPO_ROOT = DATA_ROOT  # the data root (the repository root in a clone), kept under its old name
 
 
 def family_for(config) -> FamilyInfo:
