@@ -75,8 +75,13 @@ class RunDir:
 
         return torch.load(self._file(unit), weights_only=True)
 
+    on_save = None  # called before each unit is saved (the command line raises there once a signal came)
+
     def save(self, unit: str, value) -> None:
         import torch
+
+        if self.on_save is not None:
+            self.on_save()
 
         buf = io.BytesIO()
         torch.save(value, buf)

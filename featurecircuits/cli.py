@@ -348,6 +348,7 @@ def _checkpoint(args, out: str, key: dict):
         print(f"note: starting afresh; the interrupted run in {folder} is discarded (--resume continues it)",
               file=sys.stderr)
     run = RunDir(folder, key, resume=args.resume)
+    run.on_save = _raise_if_signalled
     args.run_folder = folder
     return run
 
@@ -908,8 +909,19 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (temporary files removed) but exiting 143."""
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+_SIGNALLED: list[int] = []  # signals received; raised again at the next checkpoint should the first be swallowed
+
+
+def _on_signal(signum, frame):
+    _SIGNALLED.append(signum)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_if_signalled() -> None:
+    """A KeyboardInterrupt raised inside a destructor or callback is printed and dropped by Python; the run
+    then stops at its next checkpoint instead."""
+    if _SIGNALLED:
+        raise _Terminated() if _SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _own_handler(record: logging.LogRecord) -> bool:
@@ -944,9 +956,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse errors exit 2 with the usage line
     args.given = {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
     setup_logging(args.verbose)
-    previous = None
+    previous = {}
+    _SIGNALLED.clear()
     if threading_main():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.command in ("discover", "evaluate", "curve", "compare", "export"):
             check_model_option(args.model)
@@ -974,8 +987,8 @@ def main(argv: list[str] | None = None) -> int:
             print("rerun with --debug for the traceback (and please report it)", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def threading_main() -> bool:
