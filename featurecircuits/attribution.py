@@ -14,7 +14,9 @@ backwards per submodule (batched along α); AP one forward per node (batched alo
 
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -235,42 +237,82 @@ def _ap_nodes(splice: Splice, sub: Submodule, delta: Parts) -> list[tuple[str, i
 
 
 def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
+    """Patch one node per copy of the batch, many copies per forward. A patch at position t changes
+    nothing before t, so the copies are grouped by position and run only from t on, over the base run's
+    cached keys and values of the prefix (when the metric declares the positions it reads; else the whole
+    prompt is run). Copies in one forward may patch different submodules."""
     base_ids, base_parts, src_parts, m_base, m_src = _both_runs(model, splice, batch, metric, cfg)
-    n = len(batch)
-    per_chunk = max(1, cfg.max_batch // n)
-    deltas, per_part = {}, {}
+    n, T = len(batch), batch.n_tokens
+    deltas = {s.name: {k: src_parts[s.name][k] - v for k, v in base_parts[s.name].items()} for s in splice.submodules}
+    out = {s.name: {k: torch.zeros(_reduce(splice, s, k, v).shape, device=v.device)
+                    for k, v in base_parts[s.name].items()} for s in splice.submodules}
+    by_pos: dict[int, list] = {}
     for sub in splice.submodules:
-        base, src = base_parts[sub.name], src_parts[sub.name]
-        delta = {k: src[k] - base[k] for k in base}
-        deltas[sub.name] = delta
-        out = {k: torch.zeros(_reduce(splice, sub, k, v).shape, device=v.device) for k, v in base.items()}
-        nodes = _ap_nodes(splice, sub, delta)
-        chunks = range(0, len(nodes), per_chunk)
-        for start in tqdm(chunks, desc=f"AP {sub.name}", disable=not progress):
-            chunk = nodes[start:start + per_chunk]
-            new = {k: _expand(v, len(chunk)).clone() for k, v in base.items()}
-            for j, (part, t, i) in enumerate(chunk):
-                rows = slice(j * n, (j + 1) * n)
+        for part, t, i in _ap_nodes(splice, sub, deltas[sub.name]):
+            by_pos.setdefault(t, []).append((sub, part, t, i))
+    keep = logits_kept(metric)
+    per_chunk = max(1, cfg.max_batch // n)
+    for t in tqdm(sorted(by_pos), desc="AP positions", disable=not progress):
+        start = min(t, T - keep) if keep and cfg.reuse_prefix else 0  # the first position that is run
+        cache = _prefix_cache(model, base_ids[:, :start]) if start > 0 else None
+        patches = by_pos[t]
+        for c in range(0, len(patches), per_chunk):
+            chunk = patches[c:c + per_chunk]
+            effect = _patched_effect(model, splice, batch, metric, base_ids[:, start:], cache, chunk, t - start,
+                                     base_parts, src_parts) - m_base
+            for j, (sub, part, _, i) in enumerate(chunk):
+                target = out[sub.name][part]
                 if i is None:
-                    new[part][rows, t] = src[part][:, t]
+                    target[:, t] = effect[j]
                 else:
-                    new[part][rows, t, i] = src[part][:, t, i]
-            base_rep = {k: _expand(v, len(chunk)) for k, v in base.items()}
+                    target[:, t, i] = effect[j]
+    return _finish(splice, cfg, out, m_base, m_src, deltas, {}, base_parts)
 
-            def edit(s, x, new=new, base_rep=base_rep):
-                return splice.patched(s, x, base_rep, new)
 
-            with torch.no_grad():
-                logits = run(model, _expand(base_ids, len(chunk)), edit, [sub], logits_to_keep=logits_kept(metric))
-                m = _check_metric(metric(logits, batch.repeat(len(chunk))), len(chunk) * n, "patched")
-            effect = m.view(len(chunk), n) - m_base
-            for j, (part, t, i) in enumerate(chunk):
-                if i is None:
-                    out[part][:, t] = effect[j]
-                else:
-                    out[part][:, t, i] = effect[j]
-        per_part[sub.name] = out
-    return _finish(splice, cfg, per_part, m_base, m_src, deltas, {}, base_parts)
+def _prefix_cache(model: Model, prefix_ids: torch.Tensor):
+    """The key/value cache of the unpatched prefix."""
+    with torch.no_grad():
+        out = model.hf(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _cache_argument(model: Model) -> str:
+    """The name under which the model's forward takes a cache (``cache`` in transformers 5)."""
+    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+
+
+def _patched_effect(model, splice, batch, metric, ids, cache, chunk, pos, base_parts, src_parts) -> torch.Tensor:
+    """(K, B) metric with patch j of ``chunk`` applied in copy j (rows j·B … j·B + B − 1), running ``ids`` (the
+    prompt from some position on, over ``cache``) where the patched position is ``pos``."""
+    n, k = len(batch), len(chunk)
+    shifts: dict[str, list] = {}
+    for j, (sub, part, t, i) in enumerate(chunk):
+        base = {key: v[:, t:t + 1] for key, v in base_parts[sub.name].items()}
+        new = {key: v.clone() for key, v in base.items()}
+        if i is None:
+            new[part][:, 0] = src_parts[sub.name][part][:, t]
+        else:
+            new[part][:, 0, i] = src_parts[sub.name][part][:, t, i]
+        shifts.setdefault(sub.name, []).append((j, splice.compose(sub, new) - splice.compose(sub, base)))
+
+    def edit(s, x):
+        if s.name not in shifts:
+            return None
+        x = x.clone()
+        for j, shift in shifts[s.name]:
+            x[j * n:(j + 1) * n, pos:pos + 1] += shift
+        return x
+
+    kwargs = {}
+    if cache is not None:
+        tiled = copy.deepcopy(cache)
+        tiled.batch_select_indices(torch.arange(n, device=ids.device).repeat(k))
+        kwargs = {_cache_argument(model): tiled, "use_cache": True}
+    subs = [s for s in splice.submodules if s.name in shifts]
+    with torch.no_grad():
+        logits = run(model, _expand(ids, k), edit, subs, logits_to_keep=logits_kept(metric), forward_kwargs=kwargs)
+        m = _check_metric(metric(logits, batch.repeat(k)), k * n, "patched")
+    return m.view(k, n)
 
 
 def implementation(name: str) -> Callable[..., Attribution]:

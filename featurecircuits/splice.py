@@ -158,11 +158,12 @@ class Splice:
 
 
 def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: list[Submodule], *,
-        logits_to_keep: int = 0) -> torch.Tensor:
+        logits_to_keep: int = 0, forward_kwargs: dict | None = None) -> torch.Tensor:
     """One forward pass through nnsight; ``edit`` sees each submodule's output in execution order and
     may return a replacement. Returns the logits — of the last ``logits_to_keep`` positions only when it
     is positive (the unembedding of a large vocabulary at every position is most of a forward)."""
     kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
+    kwargs.update(forward_kwargs or {})  # e.g. past_key_values: run a prompt's suffix over a cached prefix
     with model.nn.trace(input_ids=input_ids, **kwargs):
         if edit is not None:
             for sub in submodules:

@@ -221,3 +221,19 @@ def test_ig_over_the_last_layer_approaches_the_total_effect():
         total = res.metric_source - res.metric_base
         errors.append(float((res.node_totals("resid_1") - total).abs().max()))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3 * float(total.abs().max())
+
+
+def test_ap_over_a_cached_prefix_equals_ap_over_the_whole_prompt(family):
+    """A patch at position t changes nothing before t: running from t on over the cached prefix gives the
+    same effects as running the whole prompt (to float32 rounding of the metric)."""
+    model = tiny_model(family)
+    batch = random_batch(n=3, t=7)
+    dicts = random_dictionaries(model) if family in ("gpt_neox", "llama") else None
+    fast = fc.attribute(model, batch, method="ap", dictionaries=dicts)
+    full = fc.attribute(model, batch, method="ap", dictionaries=dicts, reuse_prefix=False)
+    scale = float(full.metric_base.abs().max())
+    for sub in full.submodules:
+        assert torch.allclose(fast.scores[sub], full.scores[sub], atol=1e-5 * scale, rtol=0), sub
+        if dicts:
+            assert torch.allclose(fast.error_scores[sub], full.error_scores[sub], atol=1e-5 * scale, rtol=0), sub
+    assert max(float(full.scores[s].abs().max()) for s in full.submodules) > 1e-3 * scale
