@@ -315,7 +315,7 @@ def _task(args, model, loaded=None):
         validate(loaded, model.tokenizer, source=str(args.task))
         return loaded
     words = words_for(model.tokenizer)
-    n = n_distinct(args.task, words)
+    n = n_distinct(args.task, words, tokenizer=model.tokenizer)
     if args.n_examples > n:
         if {"--n-examples", "--n"} & getattr(args, "given", set()):
             raise UsageError(f"--n-examples {args.n_examples}: task {args.task} has only {n} distinct pairs with "
@@ -323,7 +323,8 @@ def _task(args, model, loaded=None):
         print(f"note: task {args.task} has {n} distinct pairs with the {words} word lists; using all {n}",
               file=sys.stderr)
         args.n_examples = n
-    task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words),
+    task = Task(args.task, make_task(args.task, args.n_examples, seed=args.seed, words=words,
+                                     tokenizer=model.tokenizer),
                 source={"generator": args.task, "n": args.n_examples, "seed": args.seed, "words": words})
     validate(task, model.tokenizer, source=f"generated {args.task}")
     return task

@@ -134,7 +134,7 @@ def load_example(task_spec: dict | str, model, index: int):
             raise ValueError("the circuit's metadata names no task; pass --task (a JSONL file or a task name)")
         words = spec.get("words") or ("organism" if model.name == "organism" else "pythia")
         examples = make_task(name, int(spec.get("n") or max(100, index + 1)), seed=int(spec.get("seed") or 0),
-                             words=words)
+                             words=words, tokenizer=model.tokenizer)
     if not 0 <= index < len(examples):
         raise ValueError(f"example {index} does not exist: the task has {len(examples)} examples (0 to "
                          f"{len(examples) - 1})")

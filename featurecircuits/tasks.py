@@ -18,7 +18,7 @@ from pathlib import Path
 from .data import Batch, make_batch
 from .fileio import atomic_write_text
 from .registry import SVA_VARIANTS, TASK_NAMES
-from .words import ORGANISM_WORDS, WORD_LISTS, WordLists, heldout_name_pairs, heldout_noun_pairs
+from .words import ORGANISM_WORDS, WORD_LISTS, WordLists, heldout_name_pairs, heldout_noun_pairs, restrict
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +171,25 @@ def make_sva(variant: str, n: int = 100, *, seed: int = 0, words: WordLists = OR
     return out
 
 
-def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists = "organism") -> list[dict]:
+def _word_lists(words: str | WordLists, tokenizer) -> tuple[WordLists, bool]:
+    """(the word lists, restricted to single tokens of ``tokenizer`` when given; whether held out)."""
+    held_out = words == "organism"
+    if isinstance(words, str):
+        if words not in WORD_LISTS:
+            raise ValueError(f"unknown word list {words!r}; valid: {', '.join(WORD_LISTS)}")
+        words = WORD_LISTS[words]
+    return (words if tokenizer is None else restrict(words, tokenizer)), held_out
+
+
+def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists = "organism",
+              tokenizer=None) -> list[dict]:
     """Generate ``n`` distinct pairs of a task by name (``ioi``, ``sva-simple``, ``sva-pp``, ``sva-rc``,
     ``sva-within-rc``); :func:`n_distinct` says how many there are.
 
     With the organism's words, the held-out name and noun combinations (never seen in training) are used.
+    With a ``tokenizer``, only words that are single tokens for it are drawn.
     """
-    if isinstance(words, str):
-        if words not in WORD_LISTS:
-            raise ValueError(f"unknown word list {words!r}; valid: {', '.join(WORD_LISTS)}")
-        held_out = words == "organism"
-        words = WORD_LISTS[words]
-    else:
-        held_out = False
+    words, held_out = _word_lists(words, tokenizer)
     if name == "ioi":
         return make_ioi(n, seed=seed, words=words, name_pairs=heldout_name_pairs() if held_out else None)
     if name.startswith("sva-") and name[4:].replace("-", "_") in SVA_VARIANTS:
@@ -193,13 +199,9 @@ def make_task(name: str, n: int = 100, *, seed: int = 0, words: str | WordLists 
     raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_NAMES)}")
 
 
-def n_distinct(name: str, words: str | WordLists = "organism") -> int:
+def n_distinct(name: str, words: str | WordLists = "organism", *, tokenizer=None) -> int:
     """How many distinct pairs :func:`make_task` can generate for a task name and word list."""
-    held_out = words == "organism"
-    if isinstance(words, str):
-        if words not in WORD_LISTS:
-            raise ValueError(f"unknown word list {words!r}; valid: {', '.join(WORD_LISTS)}")
-        words = WORD_LISTS[words]
+    words, held_out = _word_lists(words, tokenizer)
     if name == "ioi":
         return _ioi_space(words, heldout_name_pairs() if held_out else None) * len(IOI_TEMPLATES)
     if name.startswith("sva-") and name[4:].replace("-", "_") in SVA_VARIANTS:

@@ -86,20 +86,37 @@ def all_words(words: WordLists) -> list[str]:
     return out
 
 
-def fits(words: WordLists, tokenizer) -> bool:
-    """Whether every word (with a leading space) is one known token for ``tokenizer``."""
+def single_token(word: str, tokenizer) -> bool:
+    """Whether `` word`` (with its leading space) is one known token for ``tokenizer``."""
     unk = getattr(tokenizer, "unk_token_id", None)
-    for w in all_words(words):
-        ids = tokenizer.encode(f" {w}", add_special_tokens=False)
-        if len(ids) != 1 or (unk is not None and ids[0] == unk):
-            return False
-    return True
+    ids = tokenizer.encode(f" {word}", add_special_tokens=False)
+    return len(ids) == 1 and (unk is None or ids[0] != unk)
+
+
+def restrict(words: WordLists, tokenizer) -> WordLists:
+    """The word lists without entries that are not single tokens for ``tokenizer`` (a pair goes when
+    either of its words does); an error when too few remain to make pairs."""
+    kept = {}
+    for f in fields(words):
+        items = getattr(words, f.name)
+        kept[f.name] = tuple(it for it in items if all(single_token(w, tokenizer) for w in
+                                                      (it if isinstance(it, tuple) else (it,))))
+        needed = 2 if f.name in ("names", "nouns") else 1
+        if len(kept[f.name]) < needed:
+            raise ValueError(f"too few {f.name} are single tokens for this tokenizer ({len(kept[f.name])} of "
+                             f"{len(items)}); pass a task file instead of a task name")
+    return WordLists(**kept)
+
+
+def coverage(words: WordLists, tokenizer) -> float:
+    """The fraction of words that are single tokens for ``tokenizer``."""
+    ws = all_words(words)
+    return sum(single_token(w, tokenizer) for w in ws) / len(ws)
 
 
 def words_for(tokenizer) -> str:
-    """The name of the first word list whose words are all single tokens for ``tokenizer``."""
-    for name, words in WORD_LISTS.items():
-        if fits(words, tokenizer):
-            return name
-    raise ValueError(f"no word list ({', '.join(WORD_LISTS)}) consists of single tokens for this tokenizer; "
-                     "pass a task file instead of a task name")
+    """The name of the word list that suits ``tokenizer``: the first whose words are all single tokens,
+    else the one with the most (generators then draw only from those, see :func:`restrict`)."""
+    best = max(WORD_LISTS, key=lambda name: (coverage(WORD_LISTS[name], tokenizer), -list(WORD_LISTS).index(name)))
+    restrict(WORD_LISTS[best], tokenizer)  # raises when too few are left
+    return best

@@ -144,3 +144,23 @@ def test_api_counts_are_checked(kwargs, tok):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
         tasks.as_batches(task, tok, **kwargs)
+
+
+def test_generated_tasks_draw_only_single_token_words_for_the_tokenizer():
+    from featurecircuits.tasks import make_task, n_distinct
+    from featurecircuits.words import PYTHIA_WORDS, restrict, words_for
+
+    class Tokenizer:  # every word one token, except "hates"
+        unk_token_id = None
+
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2] if text.strip() == "hates" else [1]
+
+    tok = Tokenizer()
+    assert words_for(tok) == "organism"  # the first list that fits
+    kept = restrict(PYTHIA_WORDS, tok)
+    assert ("hates", "hate") not in kept.rc_verbs and len(kept.rc_verbs) == len(PYTHIA_WORDS.rc_verbs) - 1
+    examples = make_task("sva-within-rc", 30, words="pythia", tokenizer=tok)
+    assert examples and not any(" hates" in e["clean_prefix"] + e["patch_prefix"] + e["clean_answer"] for e in examples)
+    assert n_distinct("sva-within-rc", "pythia", tokenizer=tok) < n_distinct("sva-within-rc", "pythia")
+    assert make_task("ioi", 10, words="pythia", tokenizer=tok) == make_task("ioi", 10, words="pythia")
