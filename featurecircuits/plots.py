@@ -257,24 +257,42 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
     shown = min(len(edges), _DEFAULT_EDGES_SHOWN if edges_shown is None else edges_shown)
 
     names = [*circuit.nodes, METRIC_NODE]
+    traces = _edge_traces(edges[:shown], pos, weight_scale)
+    kinds = [_kind(circuit, x) for x in names]
+    traces.append(_node_trace(circuit, names, kinds, pos, labelled, score_scale, summed=n_pos is None))
+    traces += _legend_traces("component" in kinds)
+    fig = go.Figure(traces)
+    fig.update_layout(**_circuit_layout(circuit, rows, n_pos, centers, tokens, example, title))
     index = {name: i for i, name in enumerate(names)}
-    traces = []
-    # edge traces: one per (sign, width bucket), refilled by the page's script when thinned or selected
+    fig.update_layout(meta={"featurecircuits": {
+        "node_trace": 2 * len(_EDGE_BUCKETS), "edge_traces": list(range(2 * len(_EDGE_BUCKETS))), "ids": names,
+        "x": [pos[x][0] for x in names], "y": [pos[x][1] for x in names],
+        "edges": [[index[u], index[v], float(w)] for u, v, w in edges], "weight_scale": weight_scale,
+        "buckets": [b[0] if math.isfinite(b[0]) else 1e300 for b in _EDGE_BUCKETS], "shown": shown}})
+    return fig
+
+
+def _edge_traces(edges, pos, weight_scale: float) -> list[go.Scatter]:
+    """One trace per (sign, width bucket), refilled by the page's script when thinned or selected."""
     nb = len(_EDGE_BUCKETS)
     xs: list[list] = [[] for _ in range(2 * nb)]
     ys: list[list] = [[] for _ in range(2 * nb)]
-    for u, v, w in edges[:shown]:
+    for u, v, w in edges:
         b = (0 if w >= 0 else nb) + _bucket(w, weight_scale)
         xs[b] += [pos[u][0], pos[v][0], None]
         ys[b] += [pos[u][1], pos[v][1], None]
+    traces = []
     for b in range(2 * nb):
         _, width, opacity = _EDGE_BUCKETS[b % nb]
         traces.append(go.Scatter(x=xs[b], y=ys[b], mode="lines", hoverinfo="skip", showlegend=False,
                                  line={"width": width, "color": _POS if b < nb else _NEG}, opacity=opacity))
-    summed = n_pos is None
-    kinds = [_kind(circuit, x) for x in names]
+    return traces
+
+
+def _node_trace(circuit, names, kinds, pos, labelled, score_scale: float, *, summed: bool) -> go.Scatter:
+    """Every node: symbol by kind, colour by sign, size by |score|, labels on the ``labelled`` ones."""
     scores = [circuit.score(x) if x != METRIC_NODE else 0.0 for x in names]
-    traces.append(go.Scatter(
+    return go.Scatter(
         x=[pos[x][0] for x in names], y=[pos[x][1] for x in names], mode="markers+text",
         text=[_label(circuit, x, summed) if x in labelled else "" for x in names],
         textposition="top center", textfont={"size": 10, "color": "#222"},
@@ -286,11 +304,16 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
                 "colorbar": {"title": {"text": "score<br>red +<br>blue −"}, "thickness": 14, "len": 0.6,
                              "x": 1.01, "y": 0.4}},
         hovertext=[_hover(circuit, x) for x in names], hoverinfo="text", customdata=names,
-        name="nodes", showlegend=False))
+        name="nodes", showlegend=False)
+
+
+def _legend_traces(with_components: bool) -> list[go.Scatter]:
+    """Legend entries for the node shapes and edge colours (no data)."""
+    traces = []
     for label, symbol in (("feature (label f<i>index</i>; size ∝ |score|)", "circle"),
                           ("error term ε (x − x̂)", "triangle-up"), ("component", "square"),
                           ("metric", "diamond")):
-        if symbol == "square" and "component" not in kinds:
+        if symbol == "square" and not with_components:
             continue
         traces.append(go.Scatter(x=[None], y=[None], mode="markers", name=label, hoverinfo="skip",
                                  marker={"symbol": symbol, "size": 11, "color": "#bbb",
@@ -298,13 +321,17 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
     for label, color in (("edge, positive weight", _POS), ("edge, negative weight", _NEG)):
         traces.append(go.Scatter(x=[None], y=[None], mode="lines", name=label, line={"color": color, "width": 2},
                                  hoverinfo="skip"))
+    return traces
 
+
+def _circuit_layout(circuit, rows, n_pos, centers, tokens, example, title) -> dict:
+    """Title with the run's settings, one row per submodule (metric on top), token or score-ordered columns."""
     meta = circuit.metadata
-    heading = title or (f"{meta.get('method', '?')} circuit · {meta.get('model', '')} · {n} nodes, "
+    heading = title or (f"{meta.get('method', '?')} circuit · {meta.get('model', '')} · {len(circuit)} nodes, "
                         f"{circuit.n_edges} edges")
     n_rows = len(rows) + 1
     xaxis = {"showgrid": False, "zeroline": False}
-    if summed:
+    if n_pos is None:
         xaxis.update(showticklabels=False, title={"text": "nodes of a row ordered by |score|, largest left"})
     else:
         examples = _example_tokens(circuit, tokens)
@@ -312,8 +339,7 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
                      ticktext=_column_labels(n_pos, examples, example),
                      title={"text": "token position" + ("" if examples else " (no example tokens recorded)")},
                      showgrid=False)
-    fig = go.Figure(traces)
-    fig.update_layout(
+    return dict(
         title={"text": _esc(heading) + f"<br><span style='font-size:12px;color:#555'>{describe(circuit)}</span>",
                "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 12}},
         template="plotly_white", height=150 + 66 * n_rows, hovermode="closest",
@@ -321,14 +347,7 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
         yaxis={"tickvals": list(range(n_rows)), "ticktext": [_esc(r) for r in rows] + ["<b>metric</b>"],
                "range": [-0.7, n_rows - 0.3], "showgrid": True, "gridcolor": "#f0f0f0", "zeroline": False,
                "fixedrange": False},
-        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
-        meta={"featurecircuits": {
-            "node_trace": 2 * nb, "edge_traces": list(range(2 * nb)), "ids": names,
-            "x": [pos[x][0] for x in names], "y": [pos[x][1] for x in names],
-            "edges": [[index[u], index[v], float(w)] for u, v, w in edges], "weight_scale": weight_scale,
-            "buckets": [b[0] if math.isfinite(b[0]) else 1e300 for b in _EDGE_BUCKETS], "shown": shown}},
-    )
-    return fig
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}})
 
 
 def curve_figure(curve, *, title: str = "Faithfulness vs circuit size") -> go.Figure:
