@@ -34,6 +34,11 @@ GRADIENT_RULES = {"norm": "grad", "act": "grad", "linear": "zero", "attention": 
 RULE_SETS = ("default", "gradient", "paper")
 
 
+def qk_norm_for(attention: str) -> str:
+    """The rule at query/key norms that keeps the query/key path consistent with the attention rule."""
+    return "ln" if attention == "uniform" else "grad"
+
+
 @dataclass(frozen=True)
 class LRPConfig:
     """Which rule each module type gets; ``None`` means the model family's default.
@@ -81,11 +86,18 @@ class LRPConfig:
         return replace(self, **changes)
 
     def resolve(self, family: str) -> LRPConfig:
-        """Every rule explicit: unset ones from the family's defaults (themselves over the paper's)."""
+        """Every rule explicit: unset ones from the family's defaults (themselves over the paper's).
+
+        An unset ``qk_norm`` that the family does not fix follows the attention rule: the LN-rule only
+        under ``uniform`` (AttnLRP, where the uniform rule at QKᵀ makes the query/key path conservative),
+        the plain gradient otherwise (docs/rules.md)."""
         if family not in FAMILIES:
             raise unknown("model family", family, FAMILIES)
         base = {**PAPER_RULES, **FAMILIES[family].rules}
-        return replace(self, **{k: getattr(self, k) or base[k] for k in RULE_TYPES})
+        resolved = {k: getattr(self, k) or base[k] for k in RULE_TYPES}
+        if self.qk_norm is None and "qk_norm" not in FAMILIES[family].rules:
+            resolved["qk_norm"] = qk_norm_for(resolved["attention"])
+        return replace(self, **resolved)
 
     @property
     def is_resolved(self) -> bool:
@@ -146,6 +158,7 @@ class AttributionConfig:
     ig_steps: int = 10
     ig_rule: IGRule = "left"
     max_batch: int = 256  # sequences per forward for AP and IG
+    reuse_prefix: bool = True  # AP runs patches at position t from t on, over the cached unpatched prefix
 
     def __post_init__(self):
         method_info(self.method)

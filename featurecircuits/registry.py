@@ -89,30 +89,50 @@ class FamilyInfo:
     parallel_residual: bool | None = False  # None: read config.use_parallel_residual
     norm_weight_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     rules: dict = field(default_factory=dict)  # default LRP rules (LRPConfig fields) where they differ
-    rules_evidence: str = "RelP paper defaults (LN, identity, 0-rule, half-rule; AH off); not measured here"
+    rules_evidence: str = ("RelP paper defaults (LN, identity, 0-rule, half-rule; AH off); not measured on a real "
+                           "model of this family (docs/rules.md)")
 
+
+# The evidence behind each family's default rules (the table is docs/rules.md).
+EVIDENCE_GPT_NEOX = ("measured on the organism (ours, GPT-NeoX), IOI, 100 pairs, paper rules: PCC with AP (cell means) "
+                     "resid/attn/MLP RelP .997/.998/.992 vs AtP .977/.952/.793; every pair × cell: MLP RelP .938 vs "
+                     "AtP .560; not measured on a pretrained GPT-NeoX (Pythia-70M: the RelP paper's Table 5)")
+EVIDENCE_LLAMA = ("measured on SmolLM2-135M-Instruct (Q4_1 GGUF), IOI, 10 pairs, paper rules: PCC with AP (cell means) "
+                  "resid/attn/MLP RelP .906/.985/.904 vs AtP .723/.975/.640; the AH-rule changes little (4 pairs); "
+                  "every pair × cell pooling not yet measured")
+EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 2 pairs ('then', 'when'): PCC with AP resid/attn/MLP, "
+                   "AH-rule .885/.878/.838 (cell means) .880/.855/.830 (pairs x cells) vs AtP -.085/.820/-.496 and "
+                   "-.086/.823/-.428; AttnLRP uniform .707/.892/.749; paper rules -.062/.672/-.576; "
+                   "3 pairs (issue 16, cell means) AH .88/.94/.78 vs paper .47/-/.16 vs AtP .53/-/.20; "
+                   "20 pairs not reached (docs/rules.md)")
+EVIDENCE_QWEN3 = ("not measured on a real model (none loadable offline): the AH-rule by analogy with Gemma-3, whose "
+                  "attention has the same per-head q_norm/k_norm (docs/rules.md)")
 
 _GATED = dict(attn="self_attn", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"))
 
 FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
     FamilyInfo("gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
-               attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",), parallel_residual=None),
+               attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",), parallel_residual=None,
+               rules_evidence=EVIDENCE_GPT_NEOX),
     # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output is that
     # sum, so it is the embedding node.
     FamilyInfo("gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h", attn="attn", mlp="mlp",
                act="act", act_config_keys=("activation_function",)),
     FamilyInfo("llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
-               act_config_keys=("hidden_act",), **_GATED),
+               act_config_keys=("hidden_act",), rules_evidence=EVIDENCE_LLAMA, **_GATED),
     FamilyInfo("qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",
                act_config_keys=("hidden_act",), **_GATED),
     FamilyInfo("gemma2", ("gemma2",), embed="model.embed_tokens", layers="model.layers",
                act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
+    # Gemma-3: per-head q_norm/k_norm in attention. The AH-rule by measurement (docs/rules.md).
     FamilyInfo("gemma3", ("gemma3", "gemma3_text"), embed="model.embed_tokens", layers="model.layers",
-               act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0, **_GATED),
+               act_config_keys=("hidden_activation", "hidden_act"), norm_weight_offset=1.0,
+               rules={"attention": "ah"}, rules_evidence=EVIDENCE_GEMMA3, **_GATED),
     # Qwen3: Llama/Qwen2 layout plus per-head RMSNorms on queries and keys (self_attn.q_norm / k_norm), like
     # Gemma-3's.
     FamilyInfo("qwen3", ("qwen3",), embed="model.embed_tokens", layers="model.layers",
-               act_config_keys=("hidden_act",), **_GATED),
+               act_config_keys=("hidden_act",), rules={"attention": "ah"}, rules_evidence=EVIDENCE_QWEN3,
+               **_GATED),
 )}
 
 
