@@ -295,8 +295,7 @@ def faithfulness_curve(
 
     ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each method's points and each batch's
     node scores, so an interrupted run resumes where it stopped, with the same result."""
-    if thresholds is None:
-        thresholds = list(np.logspace(-4, 0, 15))
+    thresholds = list(np.logspace(-4, 0, 15)) if thresholds is None else thresholds
     for t in thresholds:
         check_threshold("threshold", t)
     base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
@@ -316,30 +315,39 @@ def faithfulness_curve(
     m_empty = None
     points = []
     for cfg in configs:
-        unit = f"curve-{cfg.method}"
-        if checkpoint is not None and unit in checkpoint:  # this method's points, from an interrupted run
-            saved = checkpoint.load(unit)
-            points += [CurvePoint(**p) for p in saved["points"]]
-            m_empty = saved["m_empty"]
-            gen.set_state(saved["generator"])
-            continue
-        done = len(points)
-        means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress,
-                            checkpoint=checkpoint, unit=f"nodes-{cfg.method}").means
-        scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
-        if m_empty is None:
-            m_empty = mean_metric(lambda n, s=scores: filled(_threshold_masks(splice, s, 0, n), False))
-        sweep = [(thr * max(float(t.abs().max()) for t in scores.values()) if relative else thr) for thr in thresholds]
-        for absolute in tqdm(sweep, desc=f"curve {cfg.method}", disable=not progress):
-            points.append(_curve_point(cfg.method, splice, scores, absolute, mean_metric, (m_empty, m_full),
-                                       gen if random_baseline else None))
-        if checkpoint is not None:
-            checkpoint.save(unit, {"points": [asdict(p) for p in points[done:]], "m_empty": m_empty,
-                                   "generator": gen.get_state()})
+        new, m_empty = _method_points(model, splice, batches, cfg, config, metric, thresholds, relative=relative,
+                                      mean_metric=mean_metric, bounds=(m_empty, m_full),
+                                      gen=gen if random_baseline else None, progress=progress, checkpoint=checkpoint)
+        points += new
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
                           "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
                           "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs},
                           "submodules": [s.name for s in splice.submodules]})
+
+
+def _method_points(model, splice, batches, cfg, config, metric, thresholds, *, relative, mean_metric, bounds, gen,
+                   progress, checkpoint) -> tuple[list[CurvePoint], float]:
+    """One method's points along the sweep (read back from ``checkpoint`` when an earlier run finished
+    them), and m(∅) (computed with the first method's node set when not known yet)."""
+    m_empty, m_full = bounds
+    unit = f"curve-{cfg.method}"
+    if checkpoint is not None and unit in checkpoint:  # this method's points, from an interrupted run
+        saved = checkpoint.load(unit)
+        if gen is not None:
+            gen.set_state(saved["generator"])
+        return [CurvePoint(**p) for p in saved["points"]], saved["m_empty"]
+    means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress,
+                        checkpoint=checkpoint, unit=f"nodes-{cfg.method}").means
+    scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
+    if m_empty is None:
+        m_empty = mean_metric(lambda n: filled(_threshold_masks(splice, scores, 0, n), False))
+    top = max(float(t.abs().max()) for t in scores.values())
+    points = [_curve_point(cfg.method, splice, scores, thr * top if relative else thr, mean_metric, (m_empty, m_full),
+                           gen) for thr in tqdm(thresholds, desc=f"curve {cfg.method}", disable=not progress)]
+    if checkpoint is not None:
+        checkpoint.save(unit, {"points": [asdict(p) for p in points], "m_empty": m_empty,
+                               "generator": (gen or torch.Generator()).get_state()})
+    return points, m_empty
 
 
 def _curve_point(method, splice, scores, absolute: float, mean_metric, bounds, gen) -> CurvePoint:

@@ -64,7 +64,7 @@ LINK_FIELDS = {"source": str, "target": str, "weight": float}
 
 # -- what the circuit's metadata says ----------------------------------------------------------------
 
-def _task_spec(meta: dict) -> dict:
+def task_spec(meta: dict) -> dict:
     """The circuit metadata's ``task`` as a dict: ``name`` (or ``generator``), ``n``, ``seed``, ``words``,
     ``file`` (or ``path``)."""
     task = meta.get("task")
@@ -120,11 +120,11 @@ def _transcoder_list(meta: dict, dictionaries: str | None) -> list[str]:
     return [str(dictionaries)] if dictionaries and dictionaries != "none" else []
 
 
-def load_example(task_spec: dict | str, model, index: int):
+def load_example(task: dict | str, model, index: int):
     """The ``index``-th example (file order) of a task given as a JSONL file or a generator spec."""
     from .tasks import load_task, make_task
 
-    spec = _task_spec({"task": task_spec}) if isinstance(task_spec, str) else dict(task_spec)
+    spec = task_spec({"task": task}) if isinstance(task, str) else dict(task)
     path = spec.get("file") or spec.get("path")
     if path and Path(path).is_file():
         examples = load_task(path, model.tokenizer).examples
@@ -252,55 +252,72 @@ def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_id
     for pos, (tid, tok) in enumerate(zip(prompt_ids, prompt_tokens, strict=True)):
         add(None, f"E_{tid}_{pos}", feature=pos, layer="E", ctx=pos, ftype="embedding", clerp=tok)
     for n in graph.nodes:
-        sub, part, feat, pos = parse_node_id(n)
-        if pos is None:
-            raise ValueError(f"node {n!r} has no position: export a circuit scored with aggregation 'none'")
-        a = graph.graph.nodes[n]
-        kind = sub.split("_")[0]
-        layer = row[sub]
-        extra = {"fc_circuit_score": (circuit_scores or {}).get(n)}
-        if part == "err":
-            add(n, f"{layer}_-1_{pos}", feature=-1, layer=layer, ctx=pos, ftype=f"{kind} reconstruction error",
-                clerp=f"{sub} error term (x − x̂) at “{prompt_tokens[pos]}”", score=a["score"], **extra)
-        elif feat is None:
-            add(n, f"{layer}_-2_{pos}", feature=-2, layer=layer, ctx=pos, ftype=f"{kind} component",
-                clerp=f"{sub} output at “{prompt_tokens[pos]}”", score=a["score"], **extra)
-        else:
-            contexts = a.get("top_contexts") or []
-            clerp = f"{sub}/f{feat}" + (f": fires on {contexts[0]}" if contexts else "")
-            add(n, f"{layer}_{feat}_{pos}", feature=layer * stride + feat, layer=layer, ctx=pos,
-                ftype="sparse autoencoder", clerp=clerp, score=a["score"], **extra)
+        add(n, **_circuit_node(graph, n, row[parse_node_id(n)[0]], stride, prompt_tokens),
+            fc_circuit_score=(circuit_scores or {}).get(n))
     metric = graph.graph.nodes[METRIC_NODE]
     (cid, ctext), (pid, ptext) = clean_answer, patch_answer
     logit = add(METRIC_NODE, f"{logit_layer}_{cid}_{last}", feature=cid, layer=logit_layer, ctx=last,
                 ftype="logit", clerp=f"logit “{ctext}” − logit “{ptext}” (logit difference)",
                 score=metric.get("score"), is_target_logit=True, token_prob=float(token_prob),
                 fc_patch_answer_id=int(pid))
+    links = _links(graph, ids, row, prompt_ids)
+    metadata = _graph_metadata(graph, rows, slug=slug, scan=scan, prompt=prompt, prompt_tokens=prompt_tokens,
+                               transcoder_list=transcoder_list, info=info, answers=(clean_answer, patch_answer),
+                               stride=stride)
+    return {"metadata": metadata,
+            "qParams": {"pinnedIds": [logit["node_id"]], "supernodes": [], "linkType": "both", "clickedId": "",
+                        "sg_pos": ""},
+            "nodes": nodes, "links": links}
+
+
+def _circuit_node(graph: Circuit, n: str, layer: int, stride: int, prompt_tokens: list[str]) -> dict:
+    """The exported fields of one circuit node (an error term, a component or a feature)."""
+    sub, part, feat, pos = parse_node_id(n)
+    if pos is None:
+        raise ValueError(f"node {n!r} has no position: export a circuit scored with aggregation 'none'")
+    a = graph.graph.nodes[n]
+    kind = sub.split("_")[0]
+    common = {"layer": layer, "ctx": pos, "score": a["score"]}
+    if part == "err":
+        return {"node_id": f"{layer}_-1_{pos}", "feature": -1, "ftype": f"{kind} reconstruction error",
+                "clerp": f"{sub} error term (x − x̂) at “{prompt_tokens[pos]}”", **common}
+    if feat is None:
+        return {"node_id": f"{layer}_-2_{pos}", "feature": -2, "ftype": f"{kind} component",
+                "clerp": f"{sub} output at “{prompt_tokens[pos]}”", **common}
+    contexts = a.get("top_contexts") or []
+    return {"node_id": f"{layer}_{feat}_{pos}", "feature": layer * stride + feat, "ftype": "sparse autoencoder",
+            "clerp": f"{sub}/f{feat}" + (f": fires on {contexts[0]}" if contexts else ""), **common}
+
+
+def _links(graph: Circuit, ids: dict[str, str], row: dict[str, int], prompt_ids: list[int]) -> list[dict]:
+    """The circuit's edges, plus each token feeding the embed row's nodes at its position (weight = score)."""
     links = [{"source": ids[u], "target": ids[v], "weight": float(w)} for u, v, w in graph.graph.edges(data="weight")]
-    for n in graph.nodes:  # tokens feed the embed row's nodes at their position
+    for n in graph.nodes:
         sub, _, _, pos = parse_node_id(n)
         if row[sub] == 0:
-            links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n],
-                          "weight": float(graph.score(n))})
+            links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n], "weight": float(graph.score(n))})
     for link in links:
         if not math.isfinite(link["weight"]):
             raise ValueError(f"edge {link['source']} → {link['target']} has a non-finite weight")
+    return links
+
+
+def _graph_metadata(graph: Circuit, rows, *, slug, scan, prompt, prompt_tokens, transcoder_list, info, answers,
+                    stride) -> dict:
+    """The format's required metadata, with ours (method, answers, how layers and features are encoded)."""
     meta = graph.metadata
+    (cid, ctext), (pid, ptext) = answers
     fc_meta = {
         "model": meta.get("model"), "method": meta.get("method"), "direction": meta.get("direction"),
         "metric": meta.get("metric"), "clean_answer": ctext, "patch_answer": ptext,
         "clean_answer_id": int(cid), "patch_answer_id": int(pid), "metric_base": meta.get("metric_base"),
         "metric_source": meta.get("metric_source"), "layer_rows": {str(i): r for i, r in enumerate(rows)},
-        "logit_layer": logit_layer, "feature_stride": stride, "n_nodes": len(graph), "n_edges": graph.n_edges,
+        "logit_layer": len(rows), "feature_stride": stride, "n_nodes": len(graph), "n_edges": graph.n_edges,
     }
-    metadata = {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
-                "prompt_tokens": list(prompt_tokens), "prompt": prompt,
-                "node_threshold": meta.get("node_threshold"), "schema_version": SCHEMA_VERSION,
-                "info": info or {"generator": {"name": "featurecircuits"}}, "featurecircuits": fc_meta}
-    return {"metadata": metadata,
-            "qParams": {"pinnedIds": [logit["node_id"]], "supernodes": [], "linkType": "both", "clickedId": "",
-                        "sg_pos": ""},
-            "nodes": nodes, "links": links}
+    return {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
+            "prompt_tokens": list(prompt_tokens), "prompt": prompt, "node_threshold": meta.get("node_threshold"),
+            "schema_version": SCHEMA_VERSION, "info": info or {"generator": {"name": "featurecircuits"}},
+            "featurecircuits": fc_meta}
 
 
 def read_scores(data: dict) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
@@ -333,6 +350,44 @@ def write_graph_files(data: dict, out: str | Path) -> Path:
     return path
 
 
+def _model_and_dictionaries(circuit: Circuit, model, dictionaries):
+    """(model, dictionaries, their spec) from the arguments or, where not given, the circuit's metadata."""
+    from .models import load_model
+
+    meta = circuit.metadata
+    if model is None or isinstance(model, str):
+        spec = model or meta.get("model")
+        if not spec:
+            raise ValueError("the circuit's metadata names no model; pass --model")
+        model = load_model(spec)
+    circuit.check_model(model)
+    if not isinstance(dictionaries, str):
+        return model, dictionaries, meta.get("dictionaries") or "given"
+    spec = dictionaries_spec(meta) if dictionaries == "auto" else dictionaries
+    if spec is None:
+        raise ValueError("the circuit's metadata does not say which dictionaries it used; pass --dictionaries")
+    from .dictionaries import load_dictionaries
+
+    return model, (None if spec == "none" else load_dictionaries(spec, model)), spec
+
+
+def _with_circuit_texts(data: dict, circuit: Circuit) -> None:
+    """Each exported node gets the circuit's score of its (summed) node and the contexts the circuit saw."""
+    summed = circuit.metadata.get("aggregation") != "none"
+    for node in data["nodes"]:
+        if node.get("fc_id") in (None, METRIC_NODE):
+            continue
+        sub, part, feat, pos = parse_node_id(node["fc_id"])
+        if summed:  # the circuit's node is summed over positions
+            base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
+            node["fc_circuit_score"] = circuit.score(base) if base in circuit.graph else None
+        else:
+            base = node["fc_id"]
+        contexts = circuit.graph.nodes[base].get("top_contexts") if base in circuit.graph else None
+        if feat is not None and contexts:
+            node["clerp"] = f"{sub}/f{feat}: fires on {contexts[0]}"
+
+
 def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int = 0, model=None,
                              dictionaries="auto", task=None, slug: str | None = None,
                              edge_threshold: float | None = None) -> Path:
@@ -345,26 +400,11 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     import torch
 
     from .data import make_batch
-    from .models import load_model
 
     meta = circuit.metadata
-    if model is None or isinstance(model, str):
-        spec = model or meta.get("model")
-        if not spec:
-            raise ValueError("the circuit's metadata names no model; pass --model")
-        model = load_model(spec)
-    circuit.check_model(model)
-    if isinstance(dictionaries, str):
-        spec = dictionaries_spec(meta) if dictionaries == "auto" else dictionaries
-        if spec is None:
-            raise ValueError("the circuit's metadata does not say which dictionaries it used; pass --dictionaries")
-        from .dictionaries import load_dictionaries
-
-        dict_spec, dictionaries = spec, (None if spec == "none" else load_dictionaries(spec, model))
-    else:
-        dict_spec = meta.get("dictionaries") or "given"
-    task_spec = task if task is not None else _task_spec(meta)
-    ex = load_example(task_spec, model, example)
+    model, dictionaries, dict_spec = _model_and_dictionaries(circuit, model, dictionaries)
+    spec = task if task is not None else task_spec(meta)
+    ex = load_example(spec, model, example)
     tok = model.tokenizer
     batch = make_batch(tok, [ex["clean_prefix"]], [ex["patch_prefix"]], [ex["clean_answer"]], [ex["patch_answer"]])
     graph = example_circuit(model, dictionaries, circuit, batch, edge_threshold=edge_threshold)
@@ -372,8 +412,8 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     with torch.no_grad():
         logits = model.hf(input_ids=batch.clean.to(model.device)).logits[0, -1].float()
     prob = float(torch.softmax(logits, -1)[int(batch.clean_answer[0])])
-    task_name = (task_spec.get("name") or task_spec.get("generator") or Path(str(task_spec.get("file") or
-                 task_spec.get("path") or "task")).stem) if isinstance(task_spec, dict) else Path(str(task_spec)).stem
+    task_name = (spec.get("name") or spec.get("generator") or Path(str(spec.get("file") or
+                 spec.get("path") or "task")).stem) if isinstance(spec, dict) else Path(str(spec)).stem
     from . import __version__
 
     data = attribution_graph(
@@ -385,19 +425,8 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
         scan=str(meta.get("model") or model.name), transcoder_list=_transcoder_list(meta, dict_spec),
         token_prob=prob, circuit_scores={n: circuit.score(n) for n in circuit.nodes},
         info={"generator": {"name": "featurecircuits", "version": __version__},
-              "creator_name": "featurecircuits export", "example": example, "task": task_spec,
+              "creator_name": "featurecircuits export", "example": example, "task": spec,
               "patch_prompt": ex["patch_prefix"]})
     data["metadata"]["node_threshold"] = meta.get("node_threshold")  # the circuit's, not the example's 0
-    for node in data["nodes"]:
-        if node.get("fc_id") in (None, METRIC_NODE):
-            continue
-        sub, part, feat, pos = parse_node_id(node["fc_id"])
-        if meta.get("aggregation") != "none":  # the circuit's node is summed over positions
-            base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
-            node["fc_circuit_score"] = circuit.score(base) if base in circuit.graph else None
-        else:
-            base = node["fc_id"]
-        contexts = circuit.graph.nodes[base].get("top_contexts") if base in circuit.graph else None
-        if feat is not None and contexts:  # the contexts the circuit saw over its task data
-            node["clerp"] = f"{sub}/f{feat}: fires on {contexts[0]}"
+    _with_circuit_texts(data, circuit)
     return write_graph_files(data, out)

@@ -39,6 +39,23 @@ class SparseLeaf:
     shape: tuple[int, ...]
 
 
+def _flat(indices: torch.Tensor, shape) -> torch.Tensor:
+    """Row-major flat positions of (ndim, nnz) indices."""
+    flat = torch.zeros_like(indices[0])
+    for dim, size in enumerate(shape):
+        flat = flat * size + indices[dim]
+    return flat
+
+
+def _unflatten(flat: torch.Tensor, shape) -> torch.Tensor:
+    """(ndim, nnz) indices of row-major flat positions (sorted flat positions give coalesced indices)."""
+    out = []
+    for size in reversed(shape):
+        out.append(flat % size)
+        flat = flat // size
+    return torch.stack(out[::-1])
+
+
 class Splice:
     """Which submodules carry nodes and how their parts make up the output."""
 
@@ -116,8 +133,9 @@ class Splice:
                 return None
             x = x.detach()
             f = ae.encode(x)
-            idx = f.nonzero().t()
-            vals = f[tuple(idx)]
+            flat = f.reshape(-1).nonzero().squeeze(1)
+            idx = _unflatten(flat, f.shape)
+            vals = f.reshape(-1)[flat]
             store[sub.name] = {"act": coo(idx, vals, f.shape), "err": x - ae.decode_sparse(idx, vals, f.shape)}
             return None
 
@@ -134,12 +152,13 @@ class Splice:
             xd = x.detach()
             f = ae.encode(xd)
             src = sources[sub.name]["act"]
-            src_dense = torch.zeros_like(f)
-            src_dense[tuple(src._indices())] = src._values()
-            idx = ((f != 0) | (src_dense != 0)).nonzero().t()
-            values = f[tuple(idx)].requires_grad_(True)
+            src_flat = torch.zeros(f.numel(), dtype=f.dtype, device=f.device)
+            src_flat[_flat(src._indices(), f.shape)] = src._values()
+            flat = ((f.reshape(-1) != 0) | (src_flat != 0)).nonzero().squeeze(1)
+            idx = _unflatten(flat, f.shape)
+            values = f.reshape(-1)[flat].requires_grad_(True)
             err = (xd - ae.decode_sparse(idx, values.detach(), f.shape)).requires_grad_(True)
-            store[sub.name] = {"act": SparseLeaf(idx, values, src_dense[tuple(idx)], tuple(f.shape)), "err": err}
+            store[sub.name] = {"act": SparseLeaf(idx, values, src_flat[flat], tuple(f.shape)), "err": err}
             c = ae.decode_sparse(idx, values, f.shape) + err
             return xd + (c - c.detach()) + (x - x.detach())
 

@@ -15,12 +15,12 @@ from featurecircuits.export import (
     METADATA_FIELDS,
     NODE_FIELDS,
     QPARAMS_FIELDS,
-    _task_spec,
     attribution_graph,
     dictionaries_spec,
     example_circuit,
     load_example,
     read_scores,
+    task_spec,
     write_graph_files,
 )
 from featurecircuits.models import ORGANISM_DIR, load_model
@@ -191,7 +191,7 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     model = load_model("organism")
     for record in ({"name": "sva-rc", "generator": "sva-rc", "n": 8, "seed": 0, "words": "organism"},
                    {"name": "sva-rc", "n": 8, "seed": 0}, "sva-rc"):
-        assert load_example(_task_spec({"task": record}), model, 3) == example
+        assert load_example(task_spec({"task": record}), model, 3) == example
     assert dictionaries_spec({"model": "organism", "dictionary_sizes": {"resid_0": 1024}}) == "organism"
     meta = json.loads(circuit.read_text())
     meta["metadata"]["task"] = {"name": "sva-rc", "n": 8, "seed": 0}

@@ -12,6 +12,7 @@ formats has one hash).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -81,9 +82,9 @@ class Dictionary(nn.Module):
         rows = torch.zeros_like(indices[0])
         for dim in range(len(lead)):
             rows = rows * lead[dim] + indices[dim]
-        dec = self.decoder_rows
-        out = values.new_zeros(int(torch.tensor(lead).prod()), dec.shape[1])
-        out = out.index_add(0, rows, values[:, None] * dec[indices[-1]])
+        dec = self.decoder_rows  # (width, d_in), each feature's vector contiguous
+        out = values.new_zeros(math.prod(lead), dec.shape[1])
+        out = out.index_add(0, rows, values[:, None] * dec.index_select(0, indices[-1]))
         out = out.view(*lead, dec.shape[1])
         bias = self.decoder_bias
         return out if bias is None else out + bias
@@ -139,15 +140,21 @@ class SAE(Dictionary):
         self.activation = activation
         self.W_enc = nn.Parameter(W_enc.detach().clone(), requires_grad=False)
         self.b_enc = nn.Parameter(b_enc.detach().clone(), requires_grad=False)
-        self.W_dec = nn.Parameter(W_dec.detach().clone(), requires_grad=False)
+        # each feature's decoder vector contiguous: the sparse path gathers the active ones
+        self.W_dec_rows = nn.Parameter(W_dec.detach().t().contiguous(), requires_grad=False)
         self.b_dec = None if b_dec is None else nn.Parameter(b_dec.detach().clone(), requires_grad=False)
         self.b_pre = None if b_pre is None else nn.Parameter(b_pre.detach().clone(), requires_grad=False)
         self.threshold = None if threshold is None else nn.Parameter(threshold.detach().clone(), requires_grad=False)
         self.k = None if k is None else int(k)
 
     @property
+    def W_dec(self) -> torch.Tensor:
+        """The decoder in nn.Linear layout (d_in, width), a view of ``W_dec_rows``."""
+        return self.W_dec_rows.t()
+
+    @property
     def decoder_rows(self) -> torch.Tensor:
-        return self.W_dec.detach().t()
+        return self.W_dec_rows.detach()
 
     @property
     def encoder_rows(self) -> torch.Tensor:
@@ -198,13 +205,18 @@ class GatedSAE(Dictionary):
                                ("W_dec", W_dec, (d_in, width)), ("b_dec", b_dec, (d_in,)), ("b_pre", b_pre, (d_in,))):
             if t is not None and tuple(t.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
-        for name, t in (("W_enc", W_enc), ("b_gate", b_gate), ("b_mag", b_mag), ("r_mag", r_mag), ("W_dec", W_dec),
-                        ("b_dec", b_dec), ("b_pre", b_pre)):
+        for name, t in (("W_enc", W_enc), ("b_gate", b_gate), ("b_mag", b_mag), ("r_mag", r_mag),
+                        ("W_dec_rows", W_dec.t().contiguous()), ("b_dec", b_dec), ("b_pre", b_pre)):
             setattr(self, name, None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False))
 
     @property
+    def W_dec(self) -> torch.Tensor:
+        """The decoder in nn.Linear layout (d_in, width), a view of ``W_dec_rows``."""
+        return self.W_dec_rows.t()
+
+    @property
     def decoder_rows(self) -> torch.Tensor:
-        return self.W_dec.detach().t()
+        return self.W_dec_rows.detach()
 
     @property
     def encoder_rows(self) -> torch.Tensor:
