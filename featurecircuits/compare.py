@@ -100,6 +100,21 @@ def rule_label(method: str, rules: LRPConfig, several: bool) -> str:
     return f"{method}[{rules.spec}]" if several else method
 
 
+def _per_group(pairs, pair_groups, groups, labels) -> dict:
+    """PCCs under both poolings over the pairs of each group (e.g. IOI template), when there are several."""
+    by_group = {}
+    names = list(dict.fromkeys(groups)) if groups is not None else []
+    for name in names if len(names) > 1 else []:
+        sel = {t: torch.tensor([g == name for g in pg]) for t, pg in pair_groups.items()}
+        sub = {t: {label: {kind: v[sel[t]] for kind, v in by_kind.items()} for label, by_kind in g.items()}
+               for t, g in pairs.items() if sel[t].any()}
+        means = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}
+                 for t, g in sub.items()}
+        by_group[name] = {"n_pairs": int(sum(int(s.sum()) for s in sel.values())),
+                          "cell_means": pooled_pcc(means, labels), "pairs_x_cells": pooled_pcc(sub, labels)}
+    return by_group
+
+
 def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = ("atp", "relp"),
             attribution: AttributionConfig | None = None, rules: Sequence[LRPConfig] | None = None,
             groups: Sequence[str] | None = None, normalized: bool = False, max_batch: int = 256,
@@ -150,16 +165,7 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
              for t, g in per_pair.items()}
     grids = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}
              for t, g in pairs.items()}
-    by_group = {}
-    names = list(dict.fromkeys(groups)) if groups is not None else []
-    for name in names if len(names) > 1 else []:
-        sel = {t: torch.tensor([g == name for g in pg]) for t, pg in pair_groups.items()}
-        sub = {t: {label: {kind: v[sel[t]] for kind, v in by_kind.items()} for label, by_kind in g.items()}
-               for t, g in pairs.items() if sel[t].any()}
-        means = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}
-                 for t, g in sub.items()}
-        by_group[name] = {"n_pairs": int(sum(int(s.sum()) for s in sel.values())),
-                          "cell_means": pooled_pcc(means, labels), "pairs_x_cells": pooled_pcc(sub, labels)}
+    by_group = _per_group(pairs, pair_groups, groups, labels)
     n_pairs = sum(len(pg) for pg in pair_groups.values())
     return Comparison(model.name, task_name, labels, n_pairs, grids, tokens, pooled_pcc(grids, labels), normalized,
                       {label: c.to_dict() for label, c in configs.items()}, pooled_pcc(pairs, labels), pairs,

@@ -296,14 +296,9 @@ def faithfulness_curve(
     ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each method's points and each batch's
     node scores, so an interrupted run resumes where it stopped, with the same result."""
     thresholds = list(np.logspace(-4, 0, 15)) if thresholds is None else thresholds
-    for t in thresholds:
-        check_threshold("threshold", t)
+    splice = _curve_splice(model, dictionaries, submodules, config, thresholds)
     base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
     configs = [base_cfg.with_(method=m) for m in methods]
-    splice = Splice(model, dictionaries, submodules)
-    if not any(_ablatable(sub, config) for sub in splice.submodules):
-        raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
-                         f"include_embed={config.include_embed}; nothing to select")
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     gen = torch.Generator().manual_seed(config.seed)
     sources = ablation_sources(model, splice, batches, config)
@@ -323,6 +318,17 @@ def faithfulness_curve(
                           "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
                           "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs},
                           "submodules": [s.name for s in splice.submodules]})
+
+
+def _curve_splice(model, dictionaries, submodules, config: AblationConfig, thresholds) -> Splice:
+    """The curve's splice, after checking the thresholds and that the config ablates something."""
+    for t in thresholds:
+        check_threshold("threshold", t)
+    splice = Splice(model, dictionaries, submodules)
+    if not any(_ablatable(sub, config) for sub in splice.submodules):
+        raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
+                         f"include_embed={config.include_embed}; nothing to select")
+    return splice
 
 
 def _method_points(model, splice, batches, cfg, config, metric, thresholds, *, relative, mean_metric, bounds, gen,

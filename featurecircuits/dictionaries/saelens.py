@@ -66,6 +66,23 @@ def is_sae_folder(folder: Path) -> bool:
     return (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
+def _normalization(norm, where) -> str:
+    """``normalize_activations`` as one of NORMALIZATIONS, or an error saying why it cannot be read."""
+    if norm is None or norm is False:
+        return "none"
+    if norm is True:  # pre-6 boolean: the April-2024 dataset-wide scale
+        return "expected_average_only_in"
+    if norm not in NORMALIZATIONS:
+        why = ("rescales each token by its own norm, so the reconstruction is not an affine function of the features"
+               if norm in ("constant_norm_rescale", "layer_norm") else
+               "needs whitening statistics that are not in the folder" if norm == "covariance_whitening" else
+               "is unknown")
+        raise ValueError(f"{where}: normalize_activations {norm!r} is not supported: it {why}. Supported: "
+                         f"{', '.join(NORMALIZATIONS)} (fold the normalisation into the weights first, e.g. "
+                         "SAELens's fold_activation_norm_scaling_factor / fold_activation_whitening)")
+    return norm
+
+
 def parse_config(cfg: dict, where: Path | str = CFG_FILE) -> SAELensConfig:
     """Normalise a SAELens cfg.json (v6 ``metadata`` layout or older flat layouts)."""
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
@@ -92,19 +109,7 @@ def parse_config(cfg: dict, where: Path | str = CFG_FILE) -> SAELensConfig:
             raise ValueError(f"{where}: a topk SAE needs k in its config (cfg.json 'k' or activation_fn_kwargs.k)")
         if int(k) != k or int(k) < 1:
             raise ValueError(f"{where}: k must be a positive integer, got {k!r}")
-    norm = cfg.get("normalize_activations", "none")
-    if norm is None or norm is False:
-        norm = "none"
-    if norm is True:  # pre-6 boolean: the April-2024 dataset-wide scale
-        norm = "expected_average_only_in"
-    if norm not in NORMALIZATIONS:
-        why = ("rescales each token by its own norm, so the reconstruction is not an affine function of the features"
-               if norm in ("constant_norm_rescale", "layer_norm") else
-               "needs whitening statistics that are not in the folder" if norm == "covariance_whitening" else
-               "is unknown")
-        raise ValueError(f"{where}: normalize_activations {norm!r} is not supported: it {why}. Supported: "
-                         f"{', '.join(NORMALIZATIONS)} (fold the normalisation into the weights first, e.g. "
-                         "SAELens's fold_activation_norm_scaling_factor / fold_activation_whitening)")
+    norm = _normalization(cfg.get("normalize_activations", "none"), where)
     hook = get("hook_name", "hook_point", default="")
     head = get("hook_head_index", "hook_point_head_index")
     if head is not None:
