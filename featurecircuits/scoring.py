@@ -16,6 +16,7 @@ from typing import Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
+from . import sparse
 from .attribution import Attribution, attribute
 from .config import AttributionConfig
 from .data import Batch, Metric
@@ -47,7 +48,7 @@ def node_totals(res: Attribution, aggregation: str = "sum") -> dict[PartKey, tor
     (F,) or () per part when summed, (T, F) or (T,) when positions are kept."""
     out: dict[PartKey, torch.Tensor] = {}
     for sub in res.submodules:
-        s = res.scores[sub].sum(0)  # (T,) or (T, F)
+        s = sparse.total(res.scores[sub], 0)  # (T,) or (T, F)
         parts = [("act", s)] + ([("err", res.error_scores[sub].sum(0))] if sub in res.error_scores else [])
         for part, t in parts:
             out[(sub, part)] = t.sum(0) if aggregation == "sum" else t
@@ -57,7 +58,7 @@ def node_totals(res: Attribution, aggregation: str = "sum") -> dict[PartKey, tor
 def result_bytes(res: Attribution) -> int:
     tensors = [t for group in (res.deltas, res.coefficients, res.activations) for parts in group.values()
                for t in parts.values()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(sparse.nbytes(t) for t in tensors)
 
 
 @dataclass
@@ -93,9 +94,9 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
             totals, acts, mb, ms, nbytes = _unpack(checkpoint.load(f"{unit}-{i}"))
         else:
             res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric)
+                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
             totals = node_totals(res, aggregation)
-            acts = {sub: a["act"].sum((0, 1)) / batch.n_tokens for sub, a in res.activations.items()
+            acts = {sub: sparse.total(a["act"], (0, 1)) / batch.n_tokens for sub, a in res.activations.items()
                     if sub in splice.dictionaries}
             mb, ms = float(res.metric_base.sum()), float(res.metric_source.sum())
             nbytes = result_bytes(res)
@@ -107,7 +108,7 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
             results = [(b, None) for b, _ in results]
         if keep and res is None:  # read back from the run folder, but its full result is wanted (edges, texts)
             res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric)
+                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
         for key, t in totals.items():
             sums[key] = sums.get(key, 0) + t
         for sub, a in acts.items():
