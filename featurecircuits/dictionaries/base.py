@@ -110,7 +110,29 @@ class Dictionary(nn.Module):
         return f"{self.activation}, d_in={self.d_in}, width={self.width}, source={self.source.format}"
 
 
-class SAE(Dictionary):
+class LinearDecoder(Dictionary):
+    """A dictionary whose decoder is ``W_dec f + b_dec``, with each feature's vector stored contiguously in
+    ``W_dec_rows`` (width, d_in) (the sparse path gathers the active ones) and ``b_dec`` possibly None."""
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """The decoder in nn.Linear layout (d_in, width), a view of ``W_dec_rows``."""
+        return self.W_dec_rows.t()
+
+    @property
+    def decoder_rows(self) -> torch.Tensor:
+        return self.W_dec_rows.detach()
+
+    @property
+    def decoder_bias(self) -> torch.Tensor | None:
+        return self.b_dec
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        out = F.linear(f, self.W_dec)
+        return out if self.b_dec is None else out + self.b_dec
+
+
+class SAE(LinearDecoder):
     """``encode(x) = σ(W_enc (x − b_pre) + b_enc)``, ``decode(f) = W_dec f + b_dec``, with σ one of
     ``relu``, ``jumprelu`` (``threshold`` per feature, or a scalar) or ``topk`` (``k`` largest after ReLU).
 
@@ -148,15 +170,6 @@ class SAE(Dictionary):
         self.k = None if k is None else int(k)
 
     @property
-    def W_dec(self) -> torch.Tensor:
-        """The decoder in nn.Linear layout (d_in, width), a view of ``W_dec_rows``."""
-        return self.W_dec_rows.t()
-
-    @property
-    def decoder_rows(self) -> torch.Tensor:
-        return self.W_dec_rows.detach()
-
-    @property
     def encoder_rows(self) -> torch.Tensor:
         return self.W_enc.detach()
 
@@ -172,13 +185,6 @@ class SAE(Dictionary):
             f = torch.zeros_like(f).scatter_(-1, top.indices, top.values)
         return f
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        out = F.linear(f, self.W_dec)
-        return out if self.b_dec is None else out + self.b_dec
-
-    @property
-    def decoder_bias(self) -> torch.Tensor | None:
-        return self.b_dec
 
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         zeros = torch.zeros(self.d_in)
@@ -192,7 +198,7 @@ class SAE(Dictionary):
         return out
 
 
-class GatedSAE(Dictionary):
+class GatedSAE(LinearDecoder):
     """Gated SAE (Rajamanoharan et al.): with ``z = W_enc (x − b_pre)``,
     ``f = 1[z + b_gate > 0] · relu(exp(r_mag) ⊙ z + b_mag)``; ``decode(f) = W_dec f + b_dec``."""
 
@@ -210,15 +216,6 @@ class GatedSAE(Dictionary):
             setattr(self, name, None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False))
 
     @property
-    def W_dec(self) -> torch.Tensor:
-        """The decoder in nn.Linear layout (d_in, width), a view of ``W_dec_rows``."""
-        return self.W_dec_rows.t()
-
-    @property
-    def decoder_rows(self) -> torch.Tensor:
-        return self.W_dec_rows.detach()
-
-    @property
     def encoder_rows(self) -> torch.Tensor:
         return (self.W_enc * self.r_mag.exp()[:, None]).detach()
 
@@ -227,12 +224,6 @@ class GatedSAE(Dictionary):
         gate = (z + self.b_gate > 0).to(z.dtype)
         return gate * F.relu(self.r_mag.exp() * z + self.b_mag)
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return F.linear(f, self.W_dec) + self.b_dec
-
-    @property
-    def decoder_bias(self) -> torch.Tensor:
-        return self.b_dec
 
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         return {"W_enc": self.W_enc, "b_gate": self.b_gate, "b_mag": self.b_mag, "r_mag": self.r_mag,
