@@ -521,7 +521,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    check_outputs(args, {}, {"--out": (args.out, ["comparison.json", "comparison.html"])})
+    check_outputs(args, {}, {"--out": (args.out, ["comparison.json", "comparison.html"]),
+                             "--run-dir": (str(_run_folder(args, args.out)), [])})
     loaded = _file_task(args)
     import json
     from pathlib import Path
@@ -544,12 +545,16 @@ def cmd_compare(args) -> int:
         part = Task(task.name, [e for e in examples if key(e) == name]).batches(model.tokenizer, args.batch_size)
         batches += part
         groups += [name] * len(part)
+    run = _checkpoint(args, args.out, {**_run_key(args, "compare", task, None),
+                                       "rules": [r.spec for r in sweep]})
     comp = compare(model, batches, methods=args.methods, normalized=args.normalized, task_name=task.name,
-                   attribution=_attribution(args, args.methods[0]), rules=sweep, groups=groups, progress=True)
+                   attribution=_attribution(args, args.methods[0]), rules=sweep, groups=groups, progress=True,
+                   checkpoint=run)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_many({out / "comparison.json": json.dumps(comp.to_dict(), indent=1),
                        out / "comparison.html": _html(comparison_figure(comp))})
+    run.remove()
     pooling_names = {"cell_means": "cell means", "pairs_x_cells": "pairs × cells"}
 
     def pcc_rows(by_pooling, first=None):
@@ -830,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--normalized", action="store_true",
                      help="metric (LD − LD_patch)/(LD_clean − LD_patch) instead of the logit difference")
     cmp.add_argument("--out", required=True, help="folder for comparison.json and comparison.html")
+    resumable(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="interactive HTML graph of a saved circuit")

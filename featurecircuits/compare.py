@@ -115,14 +115,31 @@ def _per_group(pairs, pair_groups, groups, labels) -> dict:
     return by_group
 
 
+def _batch_metric(model: Model, batch: Batch, normalized: bool):
+    if not normalized:
+        return logit_diff
+    with torch.no_grad():
+        ld_c = logit_diff(model.hf(input_ids=batch.clean, logits_to_keep=1).logits, batch)
+        ld_p = logit_diff(model.hf(input_ids=batch.patch, logits_to_keep=1).logits, batch)
+    return normalized_logit_diff(batch, ld_c, ld_p)
+
+
+def _cells(model: Model, res) -> dict[str, torch.Tensor]:
+    """kind → (pairs, layers, positions) scores of one batch's attribution result."""
+    return {kind: torch.stack([res.scores[s.name] for s in model.submodules if s.kind == kind],
+                              dim=1).detach().float().cpu() for kind in KINDS}
+
+
 def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = ("atp", "relp"),
             attribution: AttributionConfig | None = None, rules: Sequence[LRPConfig] | None = None,
             groups: Sequence[str] | None = None, normalized: bool = False, max_batch: int = 256,
-            task_name: str = "task", progress: bool = False) -> Comparison:
+            task_name: str = "task", progress: bool = False, checkpoint=None) -> Comparison:
     """Every method against AP, with ``attribution``'s direction and rules (only the method replaced).
 
     ``rules``: several LRP rule sets to sweep for the methods that use rules (default: ``attribution``'s);
     AP and the rule-free methods run once per batch. ``groups``: a label per batch (e.g. its IOI template).
+    ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each finished batch's grids, so an
+    interrupted run resumes at the first unfinished batch and ends with the same result.
     """
     methods = [m for m in methods if m != "ap"]
     base = (attribution or AttributionConfig()).with_(max_batch=max_batch)
@@ -143,24 +160,23 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
     tokens: dict[int, list[str]] = {}
     for i, batch in enumerate(tqdm(batches, desc="compare", disable=not progress)):
         batch = batch.to(model.device)
-        metric = logit_diff
-        if normalized:
-            with torch.no_grad():
-                ld_c = logit_diff(model.hf(input_ids=batch.clean, logits_to_keep=1).logits, batch)
-                ld_p = logit_diff(model.hf(input_ids=batch.patch, logits_to_keep=1).logits, batch)
-            metric = normalized_logit_diff(batch, ld_c, ld_p)
         t = batch.n_tokens
         group = per_pair.setdefault(t, {})
         pair_groups.setdefault(t, []).extend([groups[i] if groups is not None else "all"] * len(batch))
         if t not in tokens and model.tokenizer is not None:
             tokens[t] = model.tokenizer.convert_ids_to_tokens(batch.clean[0].tolist())
-        for label, config in configs.items():
-            res = attribute(model, batch, config=config, metric=metric)
-            per_kind = group.setdefault(label, {})
-            for kind in KINDS:
-                subs = [s.name for s in model.submodules if s.kind == kind]
-                per_kind.setdefault(kind, []).append(
-                    torch.stack([res.scores[s] for s in subs], dim=1).detach().float().cpu())  # (B, L, T)
+        unit = f"compare-batch-{i}"
+        if checkpoint is not None and unit in checkpoint:
+            cells = checkpoint.load(unit)
+        else:
+            metric = _batch_metric(model, batch, normalized)
+            cells = {label: _cells(model, attribute(model, batch, config=config, metric=metric))
+                     for label, config in configs.items()}
+            if checkpoint is not None:
+                checkpoint.save(unit, cells)
+        for label, by_kind in cells.items():
+            for kind, grid in by_kind.items():
+                group.setdefault(label, {}).setdefault(kind, []).append(grid)
     pairs = {t: {label: {kind: torch.cat(v) for kind, v in by_kind.items()} for label, by_kind in g.items()}
              for t, g in per_pair.items()}
     grids = {t: {label: {kind: v.mean(0) for kind, v in by_kind.items()} for label, by_kind in g.items()}

@@ -216,6 +216,33 @@ def test_curve_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys
 
 
 @pytest.mark.skipif(not ORGANISM, reason="organism not built")
+def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys):
+    import featurecircuits.compare as compare
+
+    args = ["compare", "--task", "ioi", "--n", "6", "--batch-size", "1", "--rules", "default;attention=ah"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    real, count = compare.attribute, {"n": 0}
+
+    def attribute(*a, **k):  # 4 attributions per batch (AP, AtP, two RelP rule sets); stop in the third
+        count["n"] += 1
+        if count["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(compare, "attribute", attribute)
+    assert main([*args, "--out", str(tmp_path / "c")]) == 130
+    run = tmp_path / "c.run"
+    assert sorted(p.name for p in run.iterdir()) == ["compare-batch-0.pt", "compare-batch-1.pt", "run.json"]
+    assert main([*args[:-1], "paper", "--out", str(tmp_path / "c"), "--resume"]) == 2  # other rule sets
+    assert "differs in: rules" in capsys.readouterr().err
+    monkeypatch.setattr(compare, "attribute", real)
+    assert main([*args, "--out", str(tmp_path / "c"), "--resume"]) == 0
+    ref, got = (json.loads((tmp_path / n / "comparison.json").read_text()) for n in ("ref", "c"))
+    assert got == ref
+    assert not run.exists()
+
+
+@pytest.mark.skipif(not ORGANISM, reason="organism not built")
 @pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path, sig, code):
     """A real signal to a running discover: its exit code, one line, the completed batches kept for --resume,
