@@ -238,7 +238,7 @@ def _file_task(args):
     raise UsageError(f"--task {args.task!r} is neither a file nor a task name; task names: {', '.join(TASK_NAMES)}")
 
 
-KINDS = ("embed", "attn", "mlp", "resid")
+KINDS = ("embed", "z", "attn", "mlp", "resid")
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -255,7 +255,7 @@ def _kind_submodules(args, model, dicts) -> list[str] | None:
     kinds = getattr(args, "kinds", None)
     if kinds is None:
         return None
-    names = [s.name for s in model.submodules if s.kind in kinds and (not dicts or s.name in dicts)]
+    names = [s.name for s in model.all_submodules if s.kind in kinds and (not dicts or s.name in dicts)]
     if not names:
         raise UsageError(f"--kinds {','.join(kinds)} leaves no submodule with a dictionary")
     return names
@@ -787,7 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep edges with |weight| ≥ this (the demo uses 0.02)")
     disc.add_argument("--top-k", type=nonnegative_int, help="keep the K nodes with the largest |score| instead")
     disc.add_argument("--kinds", type=parse_kinds, default=None,
-                      help="candidate submodule kinds, e.g. attn,mlp (default: all); kinds left out are neither "
+                      help="candidate submodule kinds among embed, z (attention output projection's input, "
+                              "hook_z), attn, mlp, resid, e.g. attn,mlp (default: every submodule with a dictionary; "
+                              "without dictionaries all but z); kinds left out are neither "
                               "candidates nor ablated. At component level every resid_l is a cut of the whole "
                               "model, so leave resid out to find attention/MLP circuits")
     disc.add_argument("--aggregation", choices=["sum", "none"], default="sum",
@@ -814,7 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated; default logspace(-4, 0, 15) × the largest score")
     cur.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
     cur.add_argument("--kinds", type=parse_kinds, default=None,
-                     help="candidate submodule kinds, e.g. attn,mlp (default: all); kinds left out are neither "
+                     help="candidate submodule kinds among embed, z (attention output projection's input, "
+                              "hook_z), attn, mlp, resid, e.g. attn,mlp (default: every submodule with a dictionary; "
+                              "without dictionaries all but z); kinds left out are neither "
                              "candidates nor ablated. At component level every resid_l is a cut of the whole "
                              "model, so leave resid out to find attention/MLP circuits")
     attribution(cur)

@@ -22,7 +22,9 @@ Encodings (``metadata.featurecircuits`` records them):
 
 - ``layer``: the submodule's row in execution order — ``embed`` 0, then per layer l ``attn_l`` 3l+1,
   ``mlp_l`` 3l+2, ``resid_l`` 3l+3 (the model's submodules in order, so other layouts number the same
-  way); token embeddings are ``"E"`` and the metric's logit node is one row above the last submodule.
+  way; a circuit with nodes on ``z_l`` (attention SAEs on ``hook_z``) gets a row for each such ``z_l``
+  just before ``attn_l``, shifting the rows above; ``metadata.featurecircuits.layer_rows`` lists the
+  rows); token embeddings are ``"E"`` and the metric's logit node is one row above the last submodule.
 - ``feature``: ``layer * feature_stride + index`` for a dictionary feature (``feature_stride`` = the
   largest dictionary width), ``-1`` for an error term, ``-2`` for a component without a dictionary, the
   position for a token, the clean answer's token id for the logit node.
@@ -217,6 +219,12 @@ def _token_text(tokenizer, token_id: int) -> str:
     the viewer; nothing here is HTML)."""
     text = tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
     return text.replace("\n", "⏎").replace(" ", "␣") if text.strip() == "" else text
+
+
+def export_rows(model, graph) -> list[str]:
+    """Submodule rows in execution order: the default set, plus the ``z_l`` that carry nodes of ``graph``."""
+    used = {parse_node_id(n)[0] for n in graph.graph.nodes if n != METRIC_NODE}
+    return [s.name for s in model.all_submodules if s.kind != "z" or s.name in used]
 
 
 def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_ids: list[int],
@@ -417,7 +425,7 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     from . import __version__
 
     data = attribution_graph(
-        graph, rows=[s.name for s in model.submodules], prompt=ex["clean_prefix"], prompt_ids=ids,
+        graph, rows=export_rows(model, graph), prompt=ex["clean_prefix"], prompt_ids=ids,
         prompt_tokens=[_token_text(tok, i) for i in ids],
         clean_answer=(int(batch.clean_answer[0]), ex["clean_answer"]),
         patch_answer=(int(batch.patch_answer[0]), ex["patch_answer"]),

@@ -1,7 +1,10 @@
 """Load a language model, wrap it with nnsight, and describe where its submodules live.
 
 A *submodule* is a place whose output we read, patch or splice a dictionary into: ``embed``,
-``attn_<l>``, ``mlp_<l>`` and ``resid_<l>`` (the output of decoder layer ``l``). Each model family
+``attn_<l>``, ``mlp_<l>`` and ``resid_<l>`` (the output of decoder layer ``l``), and ``z_<l>``, the
+*input* of layer ``l``'s attention output projection (every head's output, concatenated: TransformerLens's
+``hook_z``, where attention SAEs read). ``z_<l>`` carries nodes only when asked for (a dictionary on it, or
+``submodules=``); the default set is embed, attn, mlp and resid. Each model family
 (GPT-NeoX/Pythia, GPT-2, Llama, Qwen2, Gemma2, Gemma3) is described once in
 :data:`featurecircuits.registry.FAMILIES`.
 """
@@ -22,7 +25,7 @@ from .registry import GGUF_PACKAGES, ORGANISM, FamilyInfo, family_for_type
 
 log = logging.getLogger(__name__)
 
-SubmoduleKind = Literal["embed", "attn", "mlp", "resid"]
+SubmoduleKind = Literal["embed", "z", "attn", "mlp", "resid"]
 
 REPO_ROOT = DATA_ROOT  # the data root (the repository root in a clone), kept under its old name
 
@@ -35,11 +38,12 @@ def family_for(config) -> FamilyInfo:
 class Submodule:
     """One readable/writable output of the model."""
 
-    name: str  # "embed", "attn_3", "mlp_3", "resid_3"
+    name: str  # "embed", "z_3", "attn_3", "mlp_3", "resid_3"
     kind: SubmoduleKind
     layer: int  # -1 for the embedding
     path: str  # dotted module path in the Hugging Face model
     tuple_output: bool  # attention modules return (output, weights)
+    reads_input: bool = False  # z: the node is the module's (first) input, not its output
 
 
 # Folder names used by the Sparse Feature Circuits dictionaries, mapped to ours.
@@ -55,8 +59,9 @@ def canonical_name(name: str) -> str:
 
 
 def sfc_name(sub: Submodule) -> str:
-    """The Sparse Feature Circuits folder name of a submodule (``attn_3`` → ``attn_out_layer3``)."""
-    return "embed" if sub.kind == "embed" else f"{sub.kind}_out_layer{sub.layer}"
+    """The Sparse Feature Circuits folder name of a submodule (``attn_3`` → ``attn_out_layer3``; they have
+    none for ``z_l``, which keeps its own name)."""
+    return sub.name if sub.kind in ("embed", "z") else f"{sub.kind}_out_layer{sub.layer}"
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -95,12 +100,15 @@ class Model:
         subs = [Submodule("embed", "embed", -1, self.family.embed, False)]
         for l in range(self.n_layers):
             base = f"{self.family.layers}.{l}"
+            attn = f"{base}.{self.family.attn}"
             subs += [
-                Submodule(f"attn_{l}", "attn", l, f"{base}.{self.family.attn}", True),
+                Submodule(f"z_{l}", "z", l, f"{attn}.{self.family.attn_out}", False, reads_input=True),
+                Submodule(f"attn_{l}", "attn", l, attn, True),
                 Submodule(f"mlp_{l}", "mlp", l, f"{base}.{self.family.mlp}", False),
                 Submodule(f"resid_{l}", "resid", l, base, False),
             ]
-        self.submodules: list[Submodule] = subs  # in execution order
+        self.all_submodules: list[Submodule] = subs  # in execution order, z_l included
+        self.submodules: list[Submodule] = [s for s in subs if s.kind != "z"]  # the default set
         self._by_name = {s.name: s for s in subs}
 
     # -- layout -----------------------------------------------------------------------------------
@@ -112,6 +120,17 @@ class Model:
     @property
     def d_model(self) -> int:
         return int(self.config.hidden_size)
+
+    @property
+    def z_width(self) -> int:
+        """Width of ``z_l``: attention heads × head dimension (differs from d_model in e.g. Gemma)."""
+        heads = int(self.config.num_attention_heads)
+        return int(getattr(self.config, "head_dim", None) or self.d_model // heads) * heads
+
+    def width(self, sub: Submodule | str) -> int:
+        """The width of a submodule's activation (what its dictionary reads)."""
+        sub = self.submodule(sub) if isinstance(sub, str) else sub
+        return self.z_width if sub.kind == "z" else self.d_model
 
     @property
     def device(self) -> torch.device:
@@ -137,11 +156,11 @@ class Model:
         return self._by_name[key]
 
     def select(self, names) -> list[Submodule]:
-        """Submodules by name, returned in execution order (all when ``names`` is None)."""
+        """Submodules by name, returned in execution order (the default set when ``names`` is None)."""
         if names is None:
             return list(self.submodules)
         wanted = {self.submodule(n).name for n in names}
-        return [s for s in self.submodules if s.name in wanted]
+        return [s for s in self.all_submodules if s.name in wanted]
 
     def module(self, sub: Submodule) -> nn.Module:
         return _get(self.hf, sub.path)

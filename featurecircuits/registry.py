@@ -82,6 +82,7 @@ class FamilyInfo:
     embed: str  # dotted path of the module whose output is the embedding node
     layers: str  # dotted path of the ModuleList of decoder layers
     attn: str  # attribute of a decoder layer
+    attn_out: str  # attribute of the attention module: its output projection (its input is z_l)
     mlp: str  # attribute of a decoder layer
     act: str  # attribute of the MLP holding the elementwise activation module
     act_config_keys: tuple[str, ...]  # config attributes naming the activation function
@@ -108,16 +109,17 @@ EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 2 pairs ('then'
 EVIDENCE_QWEN3 = ("not measured on a real model (none loadable offline): the AH-rule by analogy with Gemma-3, whose "
                   "attention has the same per-head q_norm/k_norm (docs/rules.md)")
 
-_GATED = dict(attn="self_attn", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"))
+_GATED = dict(attn="self_attn", attn_out="o_proj", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"))
 
 FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
     FamilyInfo("gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
-               attn="attention", mlp="mlp", act="act", act_config_keys=("hidden_act",), parallel_residual=None,
+               attn="attention", attn_out="dense", mlp="mlp", act="act", act_config_keys=("hidden_act",),
+               parallel_residual=None,
                rules_evidence=EVIDENCE_GPT_NEOX),
     # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output is that
     # sum, so it is the embedding node.
-    FamilyInfo("gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h", attn="attn", mlp="mlp",
-               act="act", act_config_keys=("activation_function",)),
+    FamilyInfo("gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h", attn="attn", attn_out="c_proj",
+               mlp="mlp", act="act", act_config_keys=("activation_function",)),
     FamilyInfo("llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
                act_config_keys=("hidden_act",), rules_evidence=EVIDENCE_LLAMA, **_GATED),
     FamilyInfo("qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",

@@ -1,8 +1,9 @@
 """The one place that splices node tensors into a model's forward pass (an nnsight trace).
 
-At a submodule with a dictionary, its output x is split into *parts*: features ``f = encode(x)`` and the
-error ``err = x - decode(f)``, so ``x = decode(f) + err``. Without a dictionary the single part is x
-itself (component level). Every node of a circuit is one slice of a part.
+At a submodule with a dictionary, its output x (for ``z_l``: the attention output projection's input)
+is split into *parts*: features ``f = encode(x)`` and the error ``err = x - decode(f)``, so
+``x = decode(f) + err``. Without a dictionary the single part is x itself (component level). Every node
+of a circuit is one slice of a part.
 
 Gradients: the node tensors are made autograd leaves, and the submodule's output is rebuilt as
 ``x + (c - c.detach()) + (x - x.detach())`` with ``c = decode(f) + err`` built from the leaves. Its value
@@ -88,7 +89,7 @@ class Splice:
     def width(self, sub: Submodule) -> int:
         """Number of nodes per position in the "act" part."""
         ae = self.dictionaries.get(sub.name)
-        return ae.width if ae is not None else self.model.d_model
+        return ae.width if ae is not None else self.model.width(sub)
 
     def parts(self, sub: Submodule, x: torch.Tensor) -> Parts:
         ae = self.dictionaries.get(sub.name)
@@ -187,6 +188,11 @@ def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: li
         if edit is not None:
             for sub in submodules:
                 envoy = model.envoy(sub)
+                if sub.reads_input:  # z_l: the attention output projection's input
+                    new = edit(sub, envoy.input)
+                    if new is not None:
+                        envoy.input = new
+                    continue
                 out = envoy.output
                 x = out[0] if sub.tuple_output else out
                 new = edit(sub, x)

@@ -166,7 +166,7 @@ def test_unknown_method_and_submodule():
     model = tiny_model()
     with pytest.raises(ValueError, match="unknown method 'relpp'; valid: ap, atp, relp, ig"):
         fc.attribute(model, random_batch(), method="relpp")
-    with pytest.raises(ValueError, match="unknown submodule 'mlp_9'.*valid: embed, attn_0"):
+    with pytest.raises(ValueError, match="unknown submodule 'mlp_9'.*valid: embed, z_0, attn_0"):
         fc.attribute(model, random_batch(), submodules=["mlp_9"])
     with pytest.raises(ValueError, match="unknown direction"):
         fc.attribute(model, random_batch(), direction="backwards")

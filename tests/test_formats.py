@@ -282,8 +282,7 @@ def test_hook_names_map_to_the_exactly_matching_submodule():
     assert submodule_for_hook("x", neox, hf_hook="gpt_neox.layers.1.mlp") == "mlp_1"  # SAELens hf_hook_name
     with pytest.raises(ValueError, match=r"\*after\* its post-mlp RMSNorm"):
         submodule_for_hook("blocks.0.hook_mlp_out", gemma)
-    with pytest.raises(ValueError, match="hook_z.*no z submodule"):
-        submodule_for_hook("blocks.0.attn.hook_z", neox)
+    assert submodule_for_hook("blocks.0.attn.hook_z", neox) == "z_0"  # attention SAEs (tests/test_z.py)
     with pytest.raises(ValueError, match="layer 5, but the model has 2 layers"):
         submodule_for_hook("blocks.5.hook_resid_post", neox)
     with pytest.raises(ValueError, match="blocks.0.hook_resid_mid.*no featurecircuits submodule"):
@@ -352,8 +351,7 @@ def test_gemma_scope_layout_and_l0_choice(tmp_path):
     # the mlp suite reads hook_mlp_out; several parts joined by '+'
     both = fc.load_dictionaries(f"gemma-scope-res:{root}+gemma-scope-mlp:{root}@l0=80,width=1k", model)
     assert list(both) == ["mlp_0", "resid_0", "mlp_1", "resid_1"]
-    with pytest.raises(ValueError, match="hook_z"):
-        fc.load_dictionaries(f"gemma-scope-att:{root}", model)
+    assert list(fc.load_dictionaries(f"gemma-scope-att:{root}", model)) == ["z_0", "z_1"]  # the att suite: hook_z
     with pytest.raises(ValueError, match="looks like a Gemma Scope suite.*gemma-scope-res:<folder>"):
         fc.load_dictionaries(root, model)
     with pytest.raises(ValueError, match="unknown option 'foo'"):

@@ -11,7 +11,9 @@ hook                            submodule
                                 ``hook_embed`` (see below)
 ``blocks.L.hook_attn_out``      ``attn_L`` (not Gemma-2/3: there the hook is after the post-attention norm)
 ``blocks.L.hook_mlp_out``       ``mlp_L`` (not Gemma-2/3: there the hook is after the post-MLP norm)
-``blocks.L.attn.hook_z``        refused: the attention output projection's input is not a submodule yet
+``blocks.L.attn.hook_z``        ``z_L``, the input of the attention output projection (heads concatenated,
+                                head-major: SAELens's ``reshape_activations="hook_z"`` flattening), every
+                                family
 ==============================  ====================================================================
 
 The embedding differs per family. TransformerLens's ``hook_embed`` is the token embedding alone (for Gemma
@@ -82,8 +84,8 @@ def submodule_for_hook(hook: str, model: Model, *, hf_hook: str | None = None, w
     m = _BLOCK_HOOK.match(hook)
     if m is None:
         raise ValueError(f"{at}unknown hook name {hook!r}; featurecircuits reads SAEs on hook_embed, "
-                         "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out and "
-                         "blocks.L.hook_mlp_out")
+                         "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
+                         "blocks.L.hook_mlp_out and blocks.L.attn.hook_z")
     layer, kind = int(m.group(1)), m.group(2)
     if layer >= model.n_layers:
         raise ValueError(f"{at}hook {hook!r} is on layer {layer}, but the model has {model.n_layers} layers "
@@ -100,11 +102,10 @@ def submodule_for_hook(hook: str, model: Model, *, hf_hook: str | None = None, w
                              "submodule matches exactly, so the SAE is refused")
         return f"{part}_{layer}"
     if kind == "attn.hook_z":
-        raise ValueError(f"{at}hook {hook!r} is an attention SAE on hook_z (the input of the attention output "
-                         "projection); featurecircuits has no z submodule yet, so it cannot splice it")
+        return f"z_{layer}"
     raise ValueError(f"{at}hook {hook!r} has no featurecircuits submodule; supported hooks: hook_embed, "
                      "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
-                     "blocks.L.hook_mlp_out")
+                     "blocks.L.hook_mlp_out, blocks.L.attn.hook_z")
 
 
 def hook_for_submodule(name: str, model: Model) -> str:
@@ -117,6 +118,8 @@ def hook_for_submodule(name: str, model: Model) -> str:
         return hooks[0]
     if sub.kind == "resid":
         return f"blocks.{sub.layer}.hook_resid_post"
+    if sub.kind == "z":
+        return f"blocks.{sub.layer}.attn.hook_z"
     if model.family.name in _POST_NORM_FAMILIES:
         raise ValueError(f"{name} of a {model.family.name} model has no TransformerLens hook counterpart "
                          "(TransformerLens reads it after the post-norm)")

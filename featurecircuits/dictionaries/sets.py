@@ -214,16 +214,16 @@ def load_dictionaries(
                                     f"{', '.join(found) or 'none'}; looked for folders {looked}, or SAEs whose "
                                     "hook maps to them)")
         found = {n: found[n] for n in wanted}
-    out = {s.name: found[s.name] for s in model.submodules if s.name in found}
+    out = {s.name: found[s.name] for s in model.all_submodules if s.name in found}
     log.info("%s", describe(out, model))
     return out
 
 
 def describe(dictionaries: dict[str, Dictionary], model: Model) -> str:
     """Which submodules carry dictionaries (and so nodes), and which do not."""
-    have = [s.name for s in model.submodules if s.name in dictionaries]
-    without = [s.name for s in model.submodules if s.name not in dictionaries]
-    text = f"dictionaries on {len(have)} of {len(model.submodules)} submodules: {', '.join(have) or 'none'}"
+    have = [s.name for s in model.all_submodules if s.name in dictionaries]
+    without = [s.name for s in model.submodules if s.name not in dictionaries]  # z_l only when asked for
+    text = f"dictionaries on {len(have)} of {len(have) + len(without)} submodules: {', '.join(have) or 'none'}"
     if without:
         text += f"; without (no nodes): {', '.join(without)}"
     return text
@@ -240,11 +240,11 @@ def _load_folder(root, model: Model, *, device=None, wanted=None) -> dict[str, D
     if saelens.is_sae_folder(root) or (children and all(saelens.is_sae_folder(p) for p in children)):
         return _load_part(SpecPart("saelens", str(root), {}, None), model, None, device)
     if any(p.name.startswith("layer_") for p in children) and not any(
-            canonical_name(p.name) in {s.name for s in model.submodules} for p in children):
+            canonical_name(p.name) in {s.name for s in model.all_submodules} for p in children):
         raise ValueError(f"{root} looks like a Gemma Scope suite (layer_N/width_W/average_l0_X/params.npz); name "
                          "the suite: gemma-scope-res:<folder>, gemma-scope-mlp:<folder> or gemma-scope-att:<folder>")
     present = {canonical_name(p.name) for p in children}
-    names = [s.name for s in model.submodules if s.name in present and (wanted is None or s.name in wanted)]
+    names = [s.name for s in model.all_submodules if s.name in present and (wanted is None or s.name in wanted)]
     if not names and wanted is None:
         valid = ", ".join(s.name for s in model.submodules)
         raise FileNotFoundError(f"no dictionary folders under {root} match a submodule ({valid}); for SAELens "
@@ -265,7 +265,7 @@ def neuron_dictionaries(model: Model, submodules=None) -> dict[str, Dictionary]:
     submodule's output and the error term is zero (the Sparse Feature Circuits neuron circuits)."""
     out = {}
     for s in model.select(submodules):
-        d = IdentityDictionary(model.d_model).to(device=model.submodule_device(s), dtype=model.dtype)
+        d = IdentityDictionary(model.width(s)).to(device=model.submodule_device(s), dtype=model.dtype)
         out[s.name] = d.with_source(NEURONS, "")
     return out
 
@@ -275,10 +275,11 @@ def check_dictionary(ae: Dictionary, model: Model, submodule: str) -> None:
     if not isinstance(ae, Dictionary):
         raise ValueError(f"dictionary for {submodule} is a {type(ae).__name__}, not a featurecircuits "
                          "Dictionary; load it with load_dictionary or a format loader")
-    width = model.d_model
+    width = model.width(submodule)
     if ae.d_in != width:
+        what = "attention width (heads × head dimension)" if model.submodule(submodule).kind == "z" else "width"
         raise ValueError(f"dictionary for {submodule} ({ae.source.path or ae.source.format}) reads activations "
-                         f"of width {ae.d_in}, but the model's width is {width}; use dictionaries trained on this "
+                         f"of width {ae.d_in}, but the model's {what} is {width}; use dictionaries trained on this "
                          "model (check --model and --dictionaries)")
     p = ae.decoder_rows
     if p.dtype != model.dtype:
