@@ -79,3 +79,20 @@ def test_encoder_helpers_know_both_layouts():
     torch.testing.assert_close(settings.preactivations(d, x), (x - d.b_pre) @ d.W_enc.T + d.b_enc)
     with pytest.raises(TypeError, match="neither encoder.bias nor b_enc"):
         settings.encoder_bias(torch.nn.Identity())
+
+
+def test_page_benchmark_builds_the_requested_circuit_and_a_page_under_10_mb(tmp_path, monkeypatch):
+    import benchmarks.page as page
+    from benchmarks.page import main, synthetic_circuit
+
+    c = synthetic_circuit(1000, 10000)
+    assert len(c) == 1000 and c.n_edges >= 10000
+    rows = {n: i for i, n in enumerate(c.metadata["submodules"])}
+    sub = lambda n: c.graph.nodes[n]["submodule"]  # noqa: E731
+    assert all(rows[sub(u)] < rows[sub(d)] for u, d in c.graph.edges if d != "logit")
+    out = tmp_path / "page.json"
+    monkeypatch.setattr(page, "CHROMIUM", ())  # sizes only: timings are the benchmark's, not the test's
+    assert main(["--sizes", "1000x10000", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["positions"] for r in rows] == [16, "summed"]
+    assert all(r["MB"] <= 10 for r in rows)
