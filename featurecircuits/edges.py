@@ -46,16 +46,20 @@ def encoder_rows(ae) -> torch.Tensor | None:
 
 def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x: torch.Tensor,
                       features: torch.Tensor | None) -> torch.Tensor:
-    """(K, B, T, d) cotangents at the submodule output for K downstream nodes; feature nodes of
-    ReLU-family encoders in one einsum (``features`` = encode(x)), the rest by autograd."""
+    """(K, B, T, d) cotangents at the submodule output for K downstream nodes; feature and error nodes of
+    ReLU-family encoders in closed form (``features`` = encode(x), dense or sparse), the rest by autograd."""
     ae = splice.dictionaries.get(sub.name)
     rows = encoder_rows(ae) if ae is not None else None
     out: list[torch.Tensor | None] = [None] * len(group)
+    if rows is not None:
+        for k, nd in enumerate(group):
+            if nd[1] == "err":
+                out[k] = _error_cotangent(ae, rows, coef["err"], features, nd[3], x)
     fast = [k for k, nd in enumerate(group) if rows is not None and nd[1] == "act" and nd[2] is not None]
     if fast:
         with torch.no_grad():
             idx = torch.tensor([group[k][2] for k in fast])
-            weight = columns(coef["act"], idx) * (features[..., idx] > 0).to(x.dtype)  # (B, T, K)
+            weight = columns(coef["act"], idx) * (columns(features, idx) > 0).to(x.dtype)  # (B, T, K)
             for j, k in enumerate(fast):
                 pos = group[k][3]
                 if pos is not None:  # a node at one position: the other positions do not count
@@ -69,6 +73,32 @@ def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x
         if out[k] is None:
             out[k] = _node_cotangent(splice, sub, nd, coef, x)
     return torch.stack(out)
+
+
+def _error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torch.Tensor, pos: int | None,
+                     x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """The cotangent at x of ``Σ c · err`` (at ``pos``, or all positions) with ``err = x − decode(encode(x))``:
+    ``c − Σ_j 1[f_j > 0] (c · dec_j) enc_j``, summed over the features active at each position only."""
+    with torch.no_grad():
+        c = c.to(x.dtype)
+        if pos is not None:
+            keep = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+            keep[pos] = 1
+            c = c * keep[:, None]
+        flat_c = c.reshape(-1, c.shape[-1])
+        if features.is_sparse:
+            idx, vals = features._indices(), features._values()
+            idx = idx[:, vals > 0]
+        else:
+            idx = (features > 0).nonzero().t()
+        rows, cols = idx[0] * features.shape[1] + idx[1], idx[2]  # sorted by (example, position)
+        dec = ae.decoder_rows
+        g = torch.cat([(flat_c[rows[i:i + chunk]] * dec[cols[i:i + chunk]]).sum(-1)
+                       for i in range(0, len(rows), chunk)]) if len(rows) else flat_c.new_zeros(0)
+        counts = torch.bincount(rows, minlength=flat_c.shape[0])
+        back = torch.nn.functional.embedding_bag(cols, enc_rows.to(x.dtype), torch.cumsum(counts, 0) - counts,
+                                                 mode="sum", per_sample_weights=g)
+        return (flat_c - back).view_as(x)
 
 
 def _node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +166,7 @@ def score_edges(
         coef = attribution.coefficients[d_name]
         x = outputs[d_name]
         ae = splice.dictionaries.get(d_name)
-        with torch.no_grad():
-            features = ae.encode(x.detach()) if ae is not None else None
+        features = _base_features(attribution, d_name, ae, x)
         for start in range(0, len(d_nodes), chunk):
             group = d_nodes[start:start + chunk]
             cot = _chunk_cotangents(splice, d_sub, group, coef, x, features)
@@ -148,6 +177,18 @@ def score_edges(
                     continue  # not adjacent: every path runs through another spliced submodule
                 _accumulate(weights, group, by_sub[u_name], g, attribution.deltas[u_name], decoders.get(u_name))
     return EdgeScores(weights)
+
+
+def _base_features(attribution: Attribution, name: str, ae, x: torch.Tensor) -> torch.Tensor | None:
+    """The base run's features at ``name``: kept by the attribution (the edge forward runs the same input
+    with the same value-preserving rules, so they are what encode(x) gives), else encoded here."""
+    if ae is None:
+        return None
+    kept = attribution.activations.get(name, {}).get("act")
+    if kept is not None and tuple(kept.shape) == (*x.shape[:-1], ae.width):
+        return kept
+    with torch.no_grad():
+        return ae.encode(x.detach())
 
 
 def _accumulate(weights, d_group, u_nodes, g, delta, dec) -> None:

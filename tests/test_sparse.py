@@ -80,3 +80,40 @@ def test_discover_uses_the_sparse_path_and_finds_the_dense_circuit():
     circuit = fc.discover(model, dicts, [batch], top_k=25, edge_threshold=0.0)
     ref = fc.attribute(model, batch, method="relp", dictionaries=dicts)
     assert set(circuit.nodes) == {fc.circuit.node_id(n) for n in top_nodes(ref, 25)}
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "gated"])
+@pytest.mark.parametrize("pos", [None, 2])
+def test_error_node_cotangent_in_closed_form_equals_autograd(kind, pos):
+    """Edges into an error node use c − Σ_active (c·dec_j) enc_j over the base run's active features (dense
+    or sparse); autograd through encode and decode gives the same."""
+    from featurecircuits.dictionaries.base import SAE, GatedSAE
+    from featurecircuits.edges import _error_cotangent, _node_cotangent
+
+    g = torch.Generator().manual_seed(4)
+    d, w = 12, 40
+    W_enc, W_dec = torch.randn(w, d, generator=g).double(), torch.randn(d, w, generator=g).double()
+    b, b_dec = torch.randn(w, generator=g).double() * 0.5, torch.randn(d, generator=g).double()
+    if kind == "gated":
+        ae = GatedSAE(W_enc, b, b - 0.3, torch.randn(w, generator=g).double() * 0.1, W_dec, b_dec)
+    else:
+        extra = {"threshold": torch.rand(w, generator=g).double()} if kind == "jumprelu" else \
+            {"k": 5} if kind == "topk" else {}
+        ae = SAE(W_enc, b, W_dec, b_dec, activation=kind, b_pre=torch.randn(d, generator=g).double(), **extra)
+    x = torch.randn(3, 5, d, generator=g).double()
+    c = torch.randn(3, 5, d, generator=g).double()
+    f = ae.encode(x)
+    assert 0 < int((f > 0).sum()) < f.numel()
+
+    class Only:  # the splice as _node_cotangent reads it
+        dictionaries = {"s": ae}
+
+        @staticmethod
+        def has_features(sub):
+            return True
+
+    sub = type("Sub", (), {"name": "s"})()
+    ref = _node_cotangent(Only, sub, ("s", "err", None, pos), {"err": c}, x)
+    for features in (f, f.to_sparse()):
+        got = _error_cotangent(ae, ae.encoder_rows, c, features, pos, x)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
