@@ -57,7 +57,7 @@ def _build(case: str, batch: int, tokens: int, layers: int, width: int):
     return model, dicts, settings.random_batch(GEMMA2_2B["vocab_size"], batch, tokens)
 
 
-def child(case: str, batch: int, tokens: int, method: str, layers: int, width: int) -> dict:
+def child(case: str, batch: int, tokens: int, method: str, layers: int, width: int, sparse: bool = False) -> dict:
     import torch  # noqa: F401  (everything imported before the baseline)
     import transformers  # noqa: F401
 
@@ -75,10 +75,13 @@ def child(case: str, batch: int, tokens: int, method: str, layers: int, width: i
     libc.malloc_trim(0)
     resident = PeakRSS._rss()
     with PeakRSS() as rss:
-        fc.attribute(model, b, method=method, dictionaries=dicts)
+        res = fc.attribute(model, b, method=method, dictionaries=dicts, sparse=sparse)
     widths = {name: (int(ae.width) if hasattr(ae, "width") else int(ae.dict_size)) for name, ae in dicts.items()}
-    p = plan(model, widths, batch, tokens, method=method)
+    # the sparse path: planned with the features active per token in either run, as measured in this run
+    l0 = sum(res.activations[n]["act"]._nnz() for n in dicts) / (len(dicts) * batch * tokens) if sparse else None
+    p = plan(model, widths, batch, tokens, method=method, l0=l0)
     return {"case": case, "layers": model.n_layers, "batch": batch, "tokens": tokens, "method": method,
+            "path": "sparse" if sparse else "dense", "l0": l0,
             "baseline": baseline, "resident_after_build": resident - baseline, "measured": rss.peak - baseline,
             "planned": p.total, "plan": p.to_dict()}
 
@@ -98,21 +101,23 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=2, help="layers of the Gemma-2-shaped model")
     parser.add_argument("--width", type=int, default=0, help="dictionary width (0: the case's default)")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--sparse", action="store_true",
+                        help="the sparse path (what discover runs), planned with the measured active features")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        case, batch, tokens, method, layers, width = args.child
-        print(json.dumps(child(case, int(batch), int(tokens), method, int(layers), int(width))))
+        case, batch, tokens, method, layers, width, sparse = args.child
+        print(json.dumps(child(case, int(batch), int(tokens), method, int(layers), int(width), sparse == "1")))
         return 0
     results = []
-    print(f"{'case':<10} {'B×T':>7} {'method':>6} {'measured GiB':>13} {'planned GiB':>12} {'error':>7}")
+    print(f"{'case':<10} {'B×T':>7} {'method':>6} {'path':>6} {'measured GiB':>13} {'planned GiB':>12} {'error':>7}")
     for spec in args.cases.split(","):
         case, _, shape = spec.partition(":")
         batch, _, tokens = shape.partition("x")
-        r = run_case(case, int(batch), int(tokens), args.method, args.layers, args.width)
+        r = run_case(case, int(batch), int(tokens), args.method, args.layers, args.width, int(args.sparse))
         r["error"] = r["planned"] / r["measured"] - 1
         results.append(r)
-        print(f"{case:<10} {batch + '×' + tokens:>7} {args.method:>6} {r['measured'] / 2**30:13.3f} "
+        print(f"{case:<10} {batch + '×' + tokens:>7} {args.method:>6} {r['path']:>6} {r['measured'] / 2**30:13.3f} "
               f"{r['planned'] / 2**30:12.3f} {r['error']:+7.1%}", flush=True)
     if args.out:
         from featurecircuits.fileio import atomic_write_text

@@ -670,11 +670,11 @@ def cmd_plan(args) -> int:
                 raise ValueError(f"no dictionary for {', '.join(unknown)}; found: {', '.join(widths)}")
             widths = {n: widths[n] for n in names}
     if isinstance(widths, dict):
-        odd = [n for n in widths if not re.fullmatch(r"embed|(attn|mlp|resid)_\d+", n)]
+        odd = [n for n in widths if not re.fullmatch(r"embed|(z|attn|mlp|resid)_\d+", n)]
         if odd:
-            raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, attn_L, mlp_L, resid_L)")
+            raise ValueError(f"unknown submodule name(s) {', '.join(odd)} (use embed, z_L, attn_L, mlp_L, resid_L)")
     p = plan(args.model, widths, args.batch, args.tokens, method=args.method, dtype=args.dtype,
-             logit_positions=args.logit_positions)
+             logit_positions=args.logit_positions, l0=args.l0)
     print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0
 
@@ -882,6 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dtype of the model and dictionaries")
     pl.add_argument("--logit-positions", type=int, default=1,
                     help="final positions whose logits the metric reads (default 1, the logit difference; 0: all)")
+    pl.add_argument("--l0", type=float, default=None,
+                    help="features active per token in either run: plan the sparse path that discover and curve "
+                         "run (default: the dense path, an upper bound)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
 

@@ -1,9 +1,10 @@
 """Estimate the peak memory of an attribution run from shapes alone, before loading any weight.
 
-:func:`plan` counts what the dense AtP/RelP path (``attribute(..., sparse=False)``) holds at its two high
-points, for ``batch`` prompt pairs of ``tokens`` tokens. (The sparse path, ``sparse=True``, keeps feature
-tensors only where a feature is active in either run; its ``features`` term would be O(batch · tokens ·
-L0) instead, which this planner does not model yet: for it, the dense figure is an upper bound.)
+:func:`plan` counts what the AtP/RelP path holds at its two high points, for ``batch`` prompt pairs of
+``tokens`` tokens: the dense path (``attribute(..., sparse=False)``) by default, or, given ``l0`` (features
+active per token in either run), the sparse path that ``discover`` and curves run (``sparse=True``), whose
+feature tensors hold only the active features (one index set, several value copies) and whose dense
+(batch, tokens, width) encoder outputs live only while one submodule is encoded.
 
 - ``parameters``: the model's weights (counted exactly by building the model on the meta device);
 - ``dictionaries``: each dictionary's encoder and decoder (2 · d_in · width + width + d_in elements);
@@ -227,7 +228,8 @@ def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
                         "submodule to width or (width, d_in)")
     out = {}
     for name, w in dict_widths.items():
-        out[name] = (int(w), geo.d_model) if isinstance(w, int) else (int(w[0]), int(w[1]))
+        d_in = geo.n_heads * geo.head_dim if name.startswith("z_") else geo.d_model  # z_l: heads concatenated
+        out[name] = (int(w), d_in) if isinstance(w, int) else (int(w[0]), int(w[1]))
         if min(out[name]) < 1:
             raise ValueError(f"dictionary for {name}: width and d_in must be positive, got {w}")
     return out
@@ -238,13 +240,15 @@ def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
 
 
 def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, method: str = "relp",
-         dtype: str | torch.dtype = "float32", logit_positions: int = 1) -> Plan:
+         dtype: str | torch.dtype = "float32", logit_positions: int = 1, l0: float | None = None) -> Plan:
     """Peak memory of ``attribute(method=...)`` on ``batch`` prompt pairs of ``tokens`` tokens.
 
     ``dict_widths``: ``None`` (component level: every submodule, no dictionaries), an int (that width at
     every submodule), or a mapping from submodule name to width or to (width, d_in) (d_in defaults to
     d_model; Gemma Scope's attention SAEs read hook_z, of width heads · head_dim). ``logit_positions``:
     how many final positions' logits the metric reads (its ``last_positions``; 0: every position).
+    ``l0``: features active per token in the clean or the patch run (at most twice a dictionary's L0): plan
+    the sparse path (``attribute(..., sparse=True)``, what ``discover`` runs) instead of the dense one.
     """
     if method not in PLANNED_METHODS:
         raise ValueError(f"the planner covers methods {', '.join(PLANNED_METHODS)}, not {method!r}")
@@ -257,6 +261,8 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if not (isinstance(batch, int) and isinstance(tokens, int) and batch >= 1 and tokens >= 1):
         raise ValueError(f"batch and tokens must be positive integers, got {batch!r} and {tokens!r}")
+    if l0 is not None and not (isinstance(l0, (int, float)) and l0 >= 0):
+        raise ValueError(f"l0 must be a non-negative number of features per token, got {l0!r}")
     if not (isinstance(logit_positions, int) and logit_positions >= 0):
         raise ValueError(f"logit_positions must be a non-negative integer (0: every position), got {logit_positions!r}")
     size = DTYPES[dtype].itemsize
@@ -266,7 +272,16 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
 
     params = geo.n_params * size
     dict_weights = sum(2 * d_in * w + w + d_in for w, d_in in widths.values()) * size
-    if widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
+    feat_fixed = {"scores": 0, "backward": 0}  # sparse path: the shared (3, nnz) int64 index sets
+    if widths and l0 is not None:  # sparse: nnz = B·T·l0 per dictionary (bounded by its width)
+        nnz = sum(n * min(float(l0), w) for w, _ in widths.values())
+        feat_one = int(nnz * size)
+        feat_fixed = {"scores": int(nnz * 3 * 8), "backward": int(nnz * 3 * 8)}
+        err_one = n * sum(d_in for _, d_in in widths.values()) * size
+        # while one submodule is encoded: pre-activations and features, the other run's features scattered
+        # densely, and two boolean masks of the active set
+        transient = n * max(w for w, _ in widths.values()) * (3 * size + 2)
+    elif widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
         feat_one = n * sum(w for w, _ in widths.values()) * size
         err_one = n * sum(d_in for _, d_in in widths.values()) * size
         transient = n * max(w for w, _ in widths.values())  # one byte per element
@@ -282,12 +297,16 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
 
     phases = {
         "backward": {"parameters": params, "dictionaries": dict_weights,
-                     "features": _COPIES["backward"] * feat_one, "errors": _COPIES["backward"] * err_one,
+                     "features": _COPIES["backward"] * feat_one + feat_fixed["backward"],
+                     "errors": _COPIES["backward"] * err_one,
                      "activations": activations,
                      # source and base logits, the softcap's saved tanh, the gradient of the logits
-                     "logits": (3 + geo.softcap + geo.softcap) * logit, "transient": 0},
+                     "logits": (3 + geo.softcap + geo.softcap) * logit,
+                     # the sparse path encodes (densely, one submodule at a time) during the base forward
+                     "transient": transient if l0 is not None and widths else 0},
         "scores": {"parameters": params, "dictionaries": dict_weights,
-                   "features": _COPIES["scores"] * feat_one, "errors": _COPIES["scores"] * err_one,
+                   "features": _COPIES["scores"] * feat_one + feat_fixed["scores"],
+                   "errors": _COPIES["scores"] * err_one,
                    "activations": 0, "logits": 2 * logit, "transient": transient},
     }
     peak = max(phases, key=lambda k: sum(phases[k].values()))

@@ -134,3 +134,28 @@ def test_copy_count_matches_what_attribute_keeps():
     p = plan(model.config, {s: 64 for s in res.submodules}, 3, 5)
     assert p.phases["scores"]["features"] == 5 * per_copy
     assert p.phases["backward"]["features"] == 2 * per_copy
+
+
+def test_sparse_path_counts_active_features_and_their_shared_indices():
+    """With ``l0`` the features term is B·T·l0 values per copy plus one int64 index set per dictionary, as
+    ``attribute(sparse=True)`` keeps them; it grows with l0, not with the width, and never exceeds the width."""
+    import featurecircuits as fc
+
+    model = tiny_model("gpt_neox")
+    dicts = random_dictionaries(model, size=64)
+    batch = random_batch(3, 5)
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts, sparse=True)
+    nnz = sum(res.activations[s]["act"]._nnz() for s in res.submodules)
+    l0 = nnz / (len(res.submodules) * 3 * 5)
+    p = plan(model.config, {s: 64 for s in res.submodules}, 3, 5, l0=l0)
+    assert p.phases["scores"]["features"] == pytest.approx(5 * 4 * nnz + 3 * 8 * nnz, abs=len(res.submodules))
+    for s in res.submodules:  # one index set shared by the stored copies
+        stored = (res.scores[s], res.deltas[s]["act"], res.coefficients[s]["act"], res.activations[s]["act"])
+        assert len({t._indices().data_ptr() for t in stored}) == 1
+    wide = plan(PYTHIA, 32768, 10, 16, l0=100)
+    assert wide.phases["scores"]["features"] == plan(PYTHIA, 1024, 10, 16, l0=100).phases["scores"]["features"]
+    assert wide.total < plan(PYTHIA, 32768, 10, 16).total
+    assert plan(PYTHIA, 50, 10, 16, l0=100).phases["scores"]["features"] == \
+        plan(PYTHIA, 50, 10, 16, l0=50).phases["scores"]["features"]  # bounded by the width
+    with pytest.raises(ValueError, match="l0 must be"):
+        plan(PYTHIA, 10, 1, 1, l0=-1)
