@@ -9,10 +9,13 @@ leaf holding the same value. A downstream submodule's output is then a function 
 leaves only, so a vector-Jacobian product from its nodes reaches exactly its adjacent upstream
 submodules, with the paths through the submodules in between cut — the Sparse Feature Circuits topology
 (resid_{l-1}→attn_l; resid_{l-1}→mlp_l and, where the MLP reads the attention output, attn_l→mlp_l;
-resid_{l-1}, attn_l, mlp_l → resid_l, with resid_{-1} = embed). Upstream error terms take part only
-through the output they add to; gradients reach the upstream outputs, and are mapped to features through
-the (linear) decoder, so no dense (batch × position × features) tensor per downstream node is built.
-Downstream nodes are processed many at a time with batched vector-Jacobian products.
+resid_{l-1}, attn_l, mlp_l → resid_l, with resid_{-1} = embed; with attention SAEs on z_l,
+resid_{l-1}→z_l→attn_l). Upstream error terms take part only through the output they add to; gradients
+reach the upstream outputs, and are mapped to features through the (linear) decoder, so no dense
+(batch × position × features) tensor per downstream node is built. Cotangents at ReLU-family encoders
+(feature and error nodes) are built in closed form from the base run's active features, which the
+attribution already holds. Downstream nodes are processed many at a time with batched vector-Jacobian
+products.
 """
 
 from __future__ import annotations
@@ -86,11 +89,14 @@ def _error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torc
             keep[pos] = 1
             c = c * keep[:, None]
         flat_c = c.reshape(-1, c.shape[-1])
-        if features.is_sparse:
+        if features.is_sparse:  # coalesced (sorted) as the sparse path stores them; source-only features are 0
+            features = features if features.is_coalesced() else features.coalesce()
             idx, vals = features._indices(), features._values()
             idx = idx[:, vals > 0]
         else:
             idx = (features > 0).nonzero().t()
+        if pos is not None:
+            idx = idx[:, idx[1] == pos]
         rows, cols = idx[0] * features.shape[1] + idx[1], idx[2]  # sorted by (example, position)
         dec = ae.decoder_rows
         g = torch.cat([(flat_c[rows[i:i + chunk]] * dec[cols[i:i + chunk]]).sum(-1)

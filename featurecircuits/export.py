@@ -221,9 +221,10 @@ def _token_text(tokenizer, token_id: int) -> str:
     return text.replace("\n", "⏎").replace(" ", "␣") if text.strip() == "" else text
 
 
-def export_rows(model, graph) -> list[str]:
-    """Submodule rows in execution order: the default set, plus the ``z_l`` that carry nodes of ``graph``."""
-    used = {parse_node_id(n)[0] for n in graph.graph.nodes if n != METRIC_NODE}
+def export_rows(model, circuit: Circuit) -> list[str]:
+    """Submodule rows in execution order: the default set, plus the ``z_l`` the circuit was scored on or has
+    nodes in (from the circuit, not one example's graph, so that every export of a circuit numbers alike)."""
+    used = {parse_node_id(n)[0] for n in circuit.nodes} | set(circuit.metadata.get("submodules") or [])
     return [s.name for s in model.all_submodules if s.kind != "z" or s.name in used]
 
 
@@ -425,7 +426,7 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     from . import __version__
 
     data = attribution_graph(
-        graph, rows=export_rows(model, graph), prompt=ex["clean_prefix"], prompt_ids=ids,
+        graph, rows=export_rows(model, circuit), prompt=ex["clean_prefix"], prompt_ids=ids,
         prompt_tokens=[_token_text(tok, i) for i in ids],
         clean_answer=(int(batch.clean_answer[0]), ex["clean_answer"]),
         patch_answer=(int(batch.patch_answer[0]), ex["patch_answer"]),

@@ -21,7 +21,8 @@ feature tensors hold only the active features (one index set, several value copi
   every position): the source run's and the base run's logits are kept to the end; during the backward
   pass the softcap's saved output (Gemma-2) and the logit gradients add more;
 - ``transient``: short-lived tensors at the peak: the finiteness check's boolean copy of the largest
-  score tensor.
+  score tensor (dense path); on the sparse path, one submodule's dense encode (pre-activations,
+  features, the other run's features scattered, two boolean masks) during the base run's forward.
 
 The estimate is the larger of the two phases ("backward" and "scores"); :class:`Plan` keeps the
 breakdown of every phase (the peak phase's adds up to ``total``). It counts live tensors and excludes
@@ -263,6 +264,9 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
         raise ValueError(f"batch and tokens must be positive integers, got {batch!r} and {tokens!r}")
     if l0 is not None and not (isinstance(l0, (int, float)) and l0 >= 0):
         raise ValueError(f"l0 must be a non-negative number of features per token, got {l0!r}")
+    if l0 is not None and not dict_widths:
+        raise ValueError("l0 plans the sparse feature path; give dictionary widths too (component level has no "
+                         "features)")
     if not (isinstance(logit_positions, int) and logit_positions >= 0):
         raise ValueError(f"logit_positions must be a non-negative integer (0: every position), got {logit_positions!r}")
     size = DTYPES[dtype].itemsize
@@ -307,7 +311,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
         "scores": {"parameters": params, "dictionaries": dict_weights,
                    "features": _COPIES["scores"] * feat_one + feat_fixed["scores"],
                    "errors": _COPIES["scores"] * err_one,
-                   "activations": 0, "logits": 2 * logit, "transient": transient},
+                   "activations": 0, "logits": 2 * logit, "transient": 0 if l0 is not None else transient},
     }
     peak = max(phases, key=lambda k: sum(phases[k].values()))
     return Plan(method, batch, tokens, dtype, peak, phases, {k: w for k, (w, _) in widths.items()})

@@ -261,15 +261,20 @@ def test_neuron_baseline_runs_the_same_pipeline():
     assert evaluate(model, neurons, c, [batch]).n_nodes == len(c)
 
 
-def test_closed_form_encoder_jacobian_equals_autograd(monkeypatch):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_closed_form_encoder_jacobian_equals_autograd(monkeypatch, sparse):
+    """Closed-form cotangents (feature and error nodes, read from the attribution's base-run features, which
+    on the sparse path also hold zeros for features active only in the source run) equal autograd's."""
     import featurecircuits.edges as E
 
     model = tiny_model()
     dicts = random_dictionaries(model)
     batch = random_batch()
-    res = fc.attribute(model, batch, method="relp", dictionaries=dicts)
+    res = fc.attribute(model, batch, method="relp", dictionaries=dicts, sparse=sparse)
+    if sparse:
+        assert any(bool((res.activations[s]["act"]._values() == 0).any()) for s in dicts)
     nodes = [("resid_0", "act", i, None) for i in range(0, 64, 3)] + [("resid_1", "act", i, 2) for i in range(40)]
-    nodes += [("mlp_1", "err", None, None), ("attn_1", "act", 5, None)]
+    nodes += [("mlp_1", "err", None, None), ("attn_1", "act", 5, None), ("resid_1", "err", None, 3)]
     fast = E.score_edges(model, Splice(model, dicts), batch, res, nodes).weights
     monkeypatch.setattr(E, "encoder_rows", lambda ae: None)
     slow = E.score_edges(model, Splice(model, dicts), batch, res, nodes).weights

@@ -3,6 +3,8 @@ family, spliced, attributed, connected by edges, ablated, loaded from SAELens an
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -192,6 +194,7 @@ def test_a_circuit_with_z_nodes_is_found_evaluated_plotted_and_exported(tmp_path
     assert submodule_rows(full) == ["z_0", "resid_0", "z_1", "resid_1"]
     assert "z_1" in circuit_figure(full).to_json()  # its own labelled row
     assert export_rows(model, full)[:6] == ["embed", "z_0", "attn_0", "mlp_0", "resid_0", "z_1"]
+    assert export_rows(model, small) == export_rows(model, full)  # rows from the circuit's submodules
     path = tmp_path / "c.json"
     path.write_text(full.to_json())
     back = fc.Circuit.from_json(path, model=model)
@@ -203,7 +206,8 @@ def test_attention_saes_load_from_saelens_and_gemma_scope_files(tmp_path):
     model = tiny_model("gpt_neox")
     dicts = _z_dictionaries(model, ("z_1", "resid_1"))
     saelens.save_set(dicts, model, tmp_path / "set")
-    assert (tmp_path / "set" / "blocks.1.attn.hook_z" / "cfg.json").is_file()
+    cfg = json.loads((tmp_path / "set" / "blocks.1.attn.hook_z" / "cfg.json").read_text())
+    assert cfg["reshape_activations"] == "hook_z"  # how SAELens itself feeds (…, heads, head_dim) to the SAE
     loaded = fc.load_dictionaries(f"saelens:{tmp_path / 'set'}", model)
     assert list(loaded) == ["z_1", "resid_1"]
     x = torch.randn(4, model.z_width)

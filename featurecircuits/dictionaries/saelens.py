@@ -257,6 +257,8 @@ def save(ae: Dictionary, folder: str | Path, *, hook_name: str, model_name: str 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fields, tensors = to_saelens(ae)
+    if hook_name.endswith("hook_z"):  # SAELens flattens (…, heads, head_dim) only when told so
+        fields["reshape_activations"] = "hook_z"
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     cfg = {**fields, "dtype": dtype, "device": "cpu",
            "metadata": {"model_name": model_name, "hook_name": hook_name, "hook_head_index": None,

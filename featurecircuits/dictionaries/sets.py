@@ -209,7 +209,8 @@ def load_dictionaries(
         wanted = [model.submodule(n).name for n in submodules]
         missing = [n for n in wanted if n not in found]
         if missing:
-            looked = ", ".join(f"{n}/ or {sfc_name(model.submodule(n))}/" for n in missing)
+            looked = ", ".join(" or ".join(f"{f}/" for f in dict.fromkeys((n, sfc_name(model.submodule(n)))))
+                               for n in missing)
             raise FileNotFoundError(f"no dictionary for {', '.join(missing)} in {root} (found: "
                                     f"{', '.join(found) or 'none'}; looked for folders {looked}, or SAEs whose "
                                     "hook maps to them)")
@@ -246,7 +247,7 @@ def _load_folder(root, model: Model, *, device=None, wanted=None) -> dict[str, D
     present = {canonical_name(p.name) for p in children}
     names = [s.name for s in model.all_submodules if s.name in present and (wanted is None or s.name in wanted)]
     if not names and wanted is None:
-        valid = ", ".join(s.name for s in model.submodules)
+        valid = ", ".join(s.name for s in model.all_submodules)
         raise FileNotFoundError(f"no dictionary folders under {root} match a submodule ({valid}); for SAELens "
                                 "or Gemma Scope files use saelens:<folder> or gemma-scope-<suite>:<folder>")
     out: dict[str, Dictionary] = {}
