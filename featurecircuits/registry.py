@@ -98,9 +98,10 @@ class FamilyInfo:
 EVIDENCE_GPT_NEOX = ("measured on the organism (ours, GPT-NeoX), IOI, 100 pairs, paper rules: PCC with AP (cell means) "
                      "resid/attn/MLP RelP .997/.998/.992 vs AtP .977/.952/.793; every pair × cell: MLP RelP .938 vs "
                      "AtP .560; not measured on a pretrained GPT-NeoX (Pythia-70M: the RelP paper's Table 5)")
-EVIDENCE_LLAMA = ("measured on SmolLM2-135M-Instruct (Q4_1 GGUF), IOI, 10 pairs, paper rules: PCC with AP (cell means) "
-                  "resid/attn/MLP RelP .906/.985/.904 vs AtP .723/.975/.640; the AH-rule changes little (4 pairs); "
-                  "every pair × cell pooling not yet measured")
+EVIDENCE_LLAMA = ("measured on SmolLM2-135M-Instruct (Q4_1 GGUF), IOI, 20 pairs, paper rules: PCC with AP "
+                  "resid/attn/MLP RelP .903/.990/.883 vs AtP .748/.979/.676 (cell means), RelP .861/.963/.778 "
+                  "vs AtP .702/.951/.544 (pairs x cells); the AH-rule: .882/.982/.713 and .873/.967/.695 "
+                  "(docs/rules.md)")
 EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 2 pairs ('then', 'when'): PCC with AP resid/attn/MLP, "
                    "AH-rule .885/.878/.838 (cell means) .880/.855/.830 (pairs x cells) vs AtP -.085/.820/-.496 and "
                    "-.086/.823/-.428; AttnLRP uniform .707/.892/.749; paper rules -.062/.672/-.576; "
