@@ -88,3 +88,30 @@ def test_release_ids_go_through_saelens_registry(tmp_path, monkeypatch):
     dicts = fc.load_dictionaries("saelens:gemma-scope-2b-pt-res-canonical@width_16k", model)
     assert list(dicts) == ["resid_0", "resid_1"] and len(calls) == 2
     assert dicts["resid_1"].source.path == "gemma-scope-2b-pt-res-canonical/layer_1/width_16k/canonical"
+
+
+def test_an_attention_sae_on_hook_z_saved_by_saelens_sits_on_z(tmp_path):
+    """SAELens's own hook_z SAE (``reshape_activations="hook_z"``: it flattens (…, heads, head_dim)) loads onto
+    z_1, the attention output projection's input, and encodes there exactly as SAELens does."""
+    from conftest import tiny_model
+    from sae_lens.saes.sae import SAEMetadata
+
+    model = tiny_model("gpt_neox")
+    model.hf.double()
+    heads = model.config.num_attention_heads
+    d_in = model.z_width
+    cfg = sae_lens.StandardSAEConfig(d_in=d_in, d_sae=D_SAE, apply_b_dec_to_input=True, dtype="float64",
+                                     reshape_activations="hook_z")
+    cfg.metadata = SAEMetadata(hook_name="blocks.1.attn.hook_z", model_name="tiny")
+    sae = sae_lens.StandardSAE(cfg)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.ndim == 2 else 0.1))
+    sae.save_model(tmp_path / "set" / "z1")
+    dicts = fc.load_dictionaries(f"saelens:{tmp_path / 'set'}", model)
+    assert list(dicts) == ["z_1"]
+    z = torch.randn(2, 4, heads, d_in // heads, generator=g, dtype=torch.float64)  # TransformerLens's hook_z
+    with torch.no_grad():
+        ref = sae.encode(z)
+    torch.testing.assert_close(dicts["z_1"].encode(z.flatten(-2)), ref.reshape(2, 4, -1), atol=1e-9, rtol=1e-9)
