@@ -102,11 +102,10 @@ EVIDENCE_LLAMA = ("measured on SmolLM2-135M-Instruct (Q4_1 GGUF), IOI, 20 pairs,
                   "resid/attn/MLP RelP .903/.990/.883 vs AtP .748/.979/.676 (cell means), RelP .861/.963/.778 "
                   "vs AtP .702/.951/.544 (pairs x cells); the AH-rule: .882/.982/.713 and .873/.967/.695 "
                   "(docs/rules.md)")
-EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 2 pairs ('then', 'when'): PCC with AP resid/attn/MLP, "
-                   "AH-rule .885/.878/.838 (cell means) .880/.855/.830 (pairs x cells) vs AtP -.085/.820/-.496 and "
-                   "-.086/.823/-.428; AttnLRP uniform .707/.892/.749; paper rules -.062/.672/-.576; "
-                   "3 pairs (issue 16, cell means) AH .88/.94/.78 vs paper .47/-/.16 vs AtP .53/-/.20; "
-                   "20 pairs not reached (docs/rules.md)")
+EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 20 pairs: PCC with AP resid/attn/MLP, AH-rule "
+                   ".893/.890/.824 (cell means) .887/.874/.820 (pairs x cells) vs AtP .355/.925/-.003 and "
+                   ".320/.895/.028; paper rules .116/.843/-.338; AttnLRP uniform .734/.864/.804; attention=grad "
+                   "with qk_norm=grad .476/.930/.150 (the only set above AtP on attn) (docs/rules.md)")
 EVIDENCE_QWEN3 = ("not measured on a real model (none loadable offline): the AH-rule by analogy with Gemma-3, whose "
                   "attention has the same per-head q_norm/k_norm (docs/rules.md)")
 
