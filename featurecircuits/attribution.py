@@ -228,12 +228,18 @@ def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 
 
 def _ap_nodes(splice: Splice, sub: Submodule, delta: Parts) -> list[tuple[str, int, int | None]]:
-    """(part, position, feature index or None for the whole vector) for every node that can move."""
-    T = delta["act"].shape[1]
+    """(part, position, feature index or None for the whole vector) for every node that can move: a node
+    whose value is the same in both runs for every example (e.g. every position before the prompts first
+    differ) has an AP of exactly 0 and is not run."""
     if not splice.has_features(sub):
-        return [("act", t, None) for t in range(T)]
+        return [("act", t, None) for t in _changed_positions(delta["act"])]
     moving = (delta["act"] != 0).any(0).nonzero().tolist()  # (t, i) where some example changes
-    return [("act", t, i) for t, i in moving] + [("err", t, None) for t in range(T)]
+    return [("act", t, i) for t, i in moving] + [("err", t, None) for t in _changed_positions(delta["err"])]
+
+
+def _changed_positions(delta: torch.Tensor) -> list[int]:
+    """Positions where some example's (B, T, d) vector differs between the runs."""
+    return (delta != 0).any(-1).any(0).nonzero().flatten().tolist()
 
 
 def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:

@@ -237,3 +237,26 @@ def test_ap_over_a_cached_prefix_equals_ap_over_the_whole_prompt(family):
         if dicts:
             assert torch.allclose(fast.error_scores[sub], full.error_scores[sub], atol=1e-5 * scale, rtol=0), sub
     assert max(float(full.scores[s].abs().max()) for s in full.submodules) > 1e-3 * scale
+
+
+def test_ap_skips_nodes_that_do_not_change_and_scores_them_exactly_zero(monkeypatch):
+    """Before the prompts first differ every activation is the same in both runs: AP is exactly 0 there and
+    no patched forward is run for it; at feature level the same holds for error nodes."""
+    import featurecircuits.attribution as A
+
+    model = tiny_model()
+    b = random_batch(n=2, t=6)
+    patch = b.clean.clone()
+    patch[:, 3:] = b.patch[:, 3:]  # the prompts agree on positions 0-2
+    batch = fc.Batch(b.clean, patch, b.clean_answer, b.patch_answer)
+    seen = []
+    real = A._patched_effect
+    monkeypatch.setattr(A, "_patched_effect", lambda *a: seen.append(a[6]) or real(*a))  # a[6]: the chunk
+    for dicts in (None, random_dictionaries(model)):
+        seen.clear()
+        res = fc.attribute(model, batch, method="ap", dictionaries=dicts)
+        for sub in res.submodules:
+            assert torch.count_nonzero(res.position_scores(sub)[:, :3]) == 0, sub
+            assert torch.count_nonzero(res.position_scores(sub)[:, 3:]) > 0, sub
+        patched_positions = {t for chunk in seen for _, _, t, _ in chunk}  # (submodule, part, position, feature)
+        assert min(patched_positions) == 3
