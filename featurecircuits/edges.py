@@ -57,7 +57,7 @@ def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x
     if rows is not None:
         for k, nd in enumerate(group):
             if nd[1] == "err":
-                out[k] = _error_cotangent(ae, rows, coef["err"], features, nd[3], x)
+                out[k] = error_cotangent(ae, rows, coef["err"], features, nd[3], x)
     fast = [k for k, nd in enumerate(group) if rows is not None and nd[1] == "act" and nd[2] is not None]
     if fast:
         with torch.no_grad():
@@ -74,11 +74,11 @@ def _chunk_cotangents(splice: Splice, sub: Submodule, group: list[Node], coef, x
             out[k] = cots[j]
     for k, nd in enumerate(group):
         if out[k] is None:
-            out[k] = _node_cotangent(splice, sub, nd, coef, x)
+            out[k] = node_cotangent(splice, sub, nd, coef, x)
     return torch.stack(out)
 
 
-def _error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torch.Tensor, pos: int | None,
+def error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torch.Tensor, pos: int | None,
                      x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
     """The cotangent at x of ``Σ c · err`` (at ``pos``, or all positions) with ``err = x − decode(encode(x))``:
     ``c − Σ_j 1[f_j > 0] (c · dec_j) enc_j``, summed over the features active at each position only."""
@@ -107,7 +107,7 @@ def _error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torc
         return (flat_c - back).view_as(x)
 
 
-def _node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:
+def node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:
     """The cotangent at the submodule output x (B, T, d) of ``c_d · d`` for one downstream node."""
     _, part, feat, pos = node
     c = coef[part]

@@ -240,6 +240,24 @@ def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
 # the estimate
 
 
+def _feature_terms(widths: dict[str, tuple[int, int]], n: int, size: int, l0: float | None, geo: Geometry
+                   ) -> tuple[int, int, int, int]:
+    """Bytes of one copy of the feature tensors and of the error terms, the transient, and the sparse path's
+    index sets (one (3, nnz) int64 set per dictionary, shared by its copies), for ``n`` = batch · tokens."""
+    if widths and l0 is not None:  # sparse: nnz = n·l0 per dictionary (bounded by its width)
+        nnz = sum(n * min(float(l0), w) for w, _ in widths.values())
+        err_one = n * sum(d_in for _, d_in in widths.values()) * size
+        # while one submodule is encoded: pre-activations and features, the other run's features scattered
+        # densely, and two boolean masks of the active set
+        transient = n * max(w for w, _ in widths.values()) * (3 * size + 2)
+        return int(nnz * size), err_one, transient, int(nnz * 3 * 8)
+    if widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
+        feat_one = n * sum(w for w, _ in widths.values()) * size
+        err_one = n * sum(d_in for _, d_in in widths.values()) * size
+        return feat_one, err_one, n * max(w for w, _ in widths.values()), 0  # transient: one byte per element
+    return n * (1 + 3 * geo.n_layers) * geo.d_model * size, 0, 0, 0  # component level: one (B, T, d) per submodule
+
+
 def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, method: str = "relp",
          dtype: str | torch.dtype = "float32", logit_positions: int = 1, l0: float | None = None) -> Plan:
     """Peak memory of ``attribute(method=...)`` on ``batch`` prompt pairs of ``tokens`` tokens.
@@ -276,23 +294,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
 
     params = geo.n_params * size
     dict_weights = sum(2 * d_in * w + w + d_in for w, d_in in widths.values()) * size
-    feat_fixed = {"scores": 0, "backward": 0}  # sparse path: the shared (3, nnz) int64 index sets
-    if widths and l0 is not None:  # sparse: nnz = B·T·l0 per dictionary (bounded by its width)
-        nnz = sum(n * min(float(l0), w) for w, _ in widths.values())
-        feat_one = int(nnz * size)
-        feat_fixed = {"scores": int(nnz * 3 * 8), "backward": int(nnz * 3 * 8)}
-        err_one = n * sum(d_in for _, d_in in widths.values()) * size
-        # while one submodule is encoded: pre-activations and features, the other run's features scattered
-        # densely, and two boolean masks of the active set
-        transient = n * max(w for w, _ in widths.values()) * (3 * size + 2)
-    elif widths:  # feature level: features (B, T, width) and errors (B, T, d_in) per dictionary
-        feat_one = n * sum(w for w, _ in widths.values()) * size
-        err_one = n * sum(d_in for _, d_in in widths.values()) * size
-        transient = n * max(w for w, _ in widths.values())  # one byte per element
-    else:  # component level: one (B, T, d_model) part per submodule
-        feat_one = n * (1 + 3 * geo.n_layers) * geo.d_model * size
-        err_one = 0
-        transient = 0
+    feat_one, err_one, transient, index_bytes = _feature_terms(widths, n, size, l0, geo)
     cd, cff, catt, cqkv = _SAVED.get(geo.family, _SAVED["gated"])[method]
     per_token_layer = cd * geo.d_model + cff * geo.d_ff + catt * geo.n_heads * tokens + \
         cqkv * geo.n_heads * geo.head_dim
@@ -301,7 +303,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
 
     phases = {
         "backward": {"parameters": params, "dictionaries": dict_weights,
-                     "features": _COPIES["backward"] * feat_one + feat_fixed["backward"],
+                     "features": _COPIES["backward"] * feat_one + index_bytes,
                      "errors": _COPIES["backward"] * err_one,
                      "activations": activations,
                      # source and base logits, the softcap's saved tanh, the gradient of the logits
@@ -309,7 +311,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
                      # the sparse path encodes (densely, one submodule at a time) during the base forward
                      "transient": transient if l0 is not None and widths else 0},
         "scores": {"parameters": params, "dictionaries": dict_weights,
-                   "features": _COPIES["scores"] * feat_one + feat_fixed["scores"],
+                   "features": _COPIES["scores"] * feat_one + index_bytes,
                    "errors": _COPIES["scores"] * err_one,
                    "activations": 0, "logits": 2 * logit, "transient": 0 if l0 is not None else transient},
     }

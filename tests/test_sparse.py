@@ -84,11 +84,11 @@ def test_discover_uses_the_sparse_path_and_finds_the_dense_circuit():
 
 @pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "gated"])
 @pytest.mark.parametrize("pos", [None, 2])
-def test_error_node_cotangent_in_closed_form_equals_autograd(kind, pos):
+def test_errornode_cotangent_in_closed_form_equals_autograd(kind, pos):
     """Edges into an error node use c − Σ_active (c·dec_j) enc_j over the base run's active features (dense
     or sparse); autograd through encode and decode gives the same."""
     from featurecircuits.dictionaries.base import SAE, GatedSAE
-    from featurecircuits.edges import _error_cotangent, _node_cotangent
+    from featurecircuits.edges import error_cotangent, node_cotangent
 
     g = torch.Generator().manual_seed(4)
     d, w = 12, 40
@@ -105,7 +105,7 @@ def test_error_node_cotangent_in_closed_form_equals_autograd(kind, pos):
     f = ae.encode(x)
     assert 0 < int((f > 0).sum()) < f.numel()
 
-    class Only:  # the splice as _node_cotangent reads it
+    class Only:  # the splice as node_cotangent reads it
         dictionaries = {"s": ae}
 
         @staticmethod
@@ -113,7 +113,7 @@ def test_error_node_cotangent_in_closed_form_equals_autograd(kind, pos):
             return True
 
     sub = type("Sub", (), {"name": "s"})()
-    ref = _node_cotangent(Only, sub, ("s", "err", None, pos), {"err": c}, x)
+    ref = node_cotangent(Only, sub, ("s", "err", None, pos), {"err": c}, x)
     for features in (f, f.to_sparse()):
-        got = _error_cotangent(ae, ae.encoder_rows, c, features, pos, x)
+        got = error_cotangent(ae, ae.encoder_rows, c, features, pos, x)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
