@@ -130,8 +130,23 @@ def test_half_rule_halves_the_gate_factors():
         assert torch.allclose(half, 0.5 * plain, atol=1e-7)
 
 
-def _qkv_grads(model, attn, kept):
-    """(q, k, v) gradients at the projections: separate modules, or slices of a fused one."""
+def _qkv_grads(model, layer: int, config):
+    """(q, k, v) gradients at layer ``layer``'s projections of the last position's logits under ``config``:
+    separate modules, or slices of a fused one."""
+    attn = model.layer_module(layer, model.family.attn)
+    kept = {}
+
+    def keep(name):
+        def hook(m, a, o):
+            kept[name] = o
+            o.retain_grad()
+        return hook
+
+    fused = {"gpt_neox": "query_key_value", "gpt2": "c_attn"}.get(model.family.name)
+    targets = ({getattr(attn, fused): keep("qkv")} if fused else
+               {attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")})
+    with lrp.hooks(targets), fc.apply_rules(model, config):
+        model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
     if model.family.name == "gpt_neox":  # per head: [q | k | v], each head_dim wide
         g = kept["qkv"].grad
         heads = model.config.num_attention_heads
@@ -144,22 +159,7 @@ def _qkv_grads(model, attn, kept):
 
 def test_ah_rule_cuts_query_and_key_paths(family):
     model = tiny_model(family)
-    attn = model.layer_module(0, model.family.attn)
-    kept = {}
-
-    def keep(name):
-        def hook(m, a, o):
-            kept[name] = o
-            o.retain_grad()
-        return hook
-
-    fused = {"gpt_neox": "query_key_value", "gpt2": "c_attn"}.get(model.family.name)
-    targets = ({getattr(attn, fused): keep("qkv")} if fused else
-               {attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")})
-    config = fc.LRPConfig.gradient().with_(attention="ah")
-    with lrp.hooks(targets), fc.apply_rules(model, config):
-        model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
-    q, k, v = _qkv_grads(model, attn, kept)
+    q, k, v = _qkv_grads(model, 0, fc.LRPConfig.gradient().with_(attention="ah"))
     assert q is None or not q.any()
     assert k is None or not k.any()
     assert v.abs().sum() > 0
@@ -295,26 +295,9 @@ def test_uniform_rule_quarters_query_and_key_and_halves_value(family):
     """AttnLRP's uniform rule at QKᵀ and A·V: in the last layer (nothing but its MLP downstream) the
     gradients at the projections are ¼, ¼, ½ of the plain ones."""
     model = tiny_model(family)
-    attn = model.layer_module(model.n_layers - 1, model.family.attn)
-    fused = {"gpt_neox": "query_key_value", "gpt2": "c_attn"}.get(model.family.name)
-
-    def grads(config):
-        kept = {}
-
-        def keep(name):
-            def hook(m, a, o):
-                kept[name] = o
-                o.retain_grad()
-            return hook
-
-        targets = ({getattr(attn, fused): keep("qkv")} if fused else
-                   {attn.q_proj: keep("q"), attn.k_proj: keep("k"), attn.v_proj: keep("v")})
-        with lrp.hooks(targets), fc.apply_rules(model, config):
-            model.hf(input_ids=random_batch().clean).logits[:, -1].sum().backward()
-        return _qkv_grads(model, attn, kept)
-
-    plain = grads(fc.LRPConfig.gradient())
-    uniform = grads(fc.LRPConfig.gradient().with_(attention="uniform"))
+    last = model.n_layers - 1
+    plain = _qkv_grads(model, last, fc.LRPConfig.gradient())
+    uniform = _qkv_grads(model, last, fc.LRPConfig.gradient().with_(attention="uniform"))
     for p, u, f in zip(plain, uniform, (0.25, 0.25, 0.5), strict=True):
         assert p.abs().sum() > 0
         assert torch.allclose(u, f * p, atol=1e-7)
