@@ -31,7 +31,7 @@ from .lrp import apply_rules
 from .models import Model, Submodule
 from .registry import METHODS
 from .scoring import Node
-from .sparse import column, columns
+from .sparse import column, columns, row_sums
 from .splice import Splice, run
 
 
@@ -89,7 +89,7 @@ def error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torch
             keep[pos] = 1
             c = c * keep[:, None]
         flat_c = c.reshape(-1, c.shape[-1])
-        if features.is_sparse:  # coalesced (sorted) as the sparse path stores them; source-only features are 0
+        if features.is_sparse:  # coalesced (no duplicate entries); source-only features are stored as 0
             features = features if features.is_coalesced() else features.coalesce()
             idx, vals = features._indices(), features._values()
             idx = idx[:, vals > 0]
@@ -97,14 +97,11 @@ def error_cotangent(ae, enc_rows: torch.Tensor, c: torch.Tensor, features: torch
             idx = (features > 0).nonzero().t()
         if pos is not None:
             idx = idx[:, idx[1] == pos]
-        rows, cols = idx[0] * features.shape[1] + idx[1], idx[2]  # sorted by (example, position)
+        rows, cols = idx[0] * features.shape[1] + idx[1], idx[2]  # (example, position) → flat row
         dec = ae.decoder_rows
         g = torch.cat([(flat_c[rows[i:i + chunk]] * dec[cols[i:i + chunk]]).sum(-1)
                        for i in range(0, len(rows), chunk)]) if len(rows) else flat_c.new_zeros(0)
-        counts = torch.bincount(rows, minlength=flat_c.shape[0])
-        back = torch.nn.functional.embedding_bag(cols, enc_rows.to(x.dtype), torch.cumsum(counts, 0) - counts,
-                                                 mode="sum", per_sample_weights=g)
-        return (flat_c - back).view_as(x)
+        return (flat_c - row_sums(rows, cols, g, enc_rows.to(x.dtype), flat_c.shape[0])).view_as(x)
 
 
 def node_cotangent(splice: Splice, sub: Submodule, node: Node, coef, x: torch.Tensor) -> torch.Tensor:

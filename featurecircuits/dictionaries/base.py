@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sparse import row_sums
+
 ACTIVATIONS = ("relu", "jumprelu", "topk", "gated", "identity")
 
 
@@ -82,17 +84,8 @@ class Dictionary(nn.Module):
         rows = torch.zeros_like(indices[0])
         for dim in range(len(lead)):
             rows = rows * lead[dim] + indices[dim]
-        cols = indices[-1]
-        if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):  # bags must be contiguous
-            order = torch.argsort(rows, stable=True)
-            rows, cols, values = rows[order], cols[order], values[order]
         dec = self.decoder_rows  # (width, d_in), each feature's vector contiguous
-        counts = torch.bincount(rows, minlength=math.prod(lead))
-        # One weighted bag of decoder rows per (example, position): a fused gather-and-sum whose backward
-        # gives ∂/∂values without ever holding the (nnz, d_in) gathered rows (7× faster, no such copy kept).
-        out = torch.nn.functional.embedding_bag(cols, dec, torch.cumsum(counts, 0) - counts, mode="sum",
-                                                per_sample_weights=values.to(dec.dtype))
-        out = out.view(*lead, dec.shape[1])
+        out = row_sums(rows, indices[-1], values, dec, math.prod(lead)).view(*lead, dec.shape[1])
         bias = self.decoder_bias
         return out if bias is None else out + bias
 
