@@ -239,6 +239,10 @@ def _file_task(args):
 
 
 KINDS = ("embed", "z", "attn", "mlp", "resid")
+KINDS_HELP = ("candidate submodule kinds among embed, z (attention output projection's input, hook_z), attn, mlp, "
+              "resid, e.g. attn,mlp (default: every submodule with a dictionary; without dictionaries all but z); "
+              "kinds left out are neither candidates nor ablated. At component level every resid_l is a cut of the "
+              "whole model, so leave resid out to find attention/MLP circuits")
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -787,11 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep edges with |weight| ≥ this (the demo uses 0.02)")
     disc.add_argument("--top-k", type=nonnegative_int, help="keep the K nodes with the largest |score| instead")
     disc.add_argument("--kinds", type=parse_kinds, default=None,
-                      help="candidate submodule kinds among embed, z (attention output projection's input, "
-                              "hook_z), attn, mlp, resid, e.g. attn,mlp (default: every submodule with a dictionary; "
-                              "without dictionaries all but z); kinds left out are neither "
-                              "candidates nor ablated. At component level every resid_l is a cut of the whole "
-                              "model, so leave resid out to find attention/MLP circuits")
+                      help=KINDS_HELP)
     disc.add_argument("--aggregation", choices=["sum", "none"], default="sum",
                       help="sum node scores over positions, or keep one node per position")
     attribution(disc)
@@ -816,11 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated; default logspace(-4, 0, 15) × the largest score")
     cur.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
     cur.add_argument("--kinds", type=parse_kinds, default=None,
-                     help="candidate submodule kinds among embed, z (attention output projection's input, "
-                              "hook_z), attn, mlp, resid, e.g. attn,mlp (default: every submodule with a dictionary; "
-                              "without dictionaries all but z); kinds left out are neither "
-                             "candidates nor ablated. At component level every resid_l is a cut of the whole "
-                             "model, so leave resid out to find attention/MLP circuits")
+                     help=KINDS_HELP)
     attribution(cur)
     cur.add_argument("--out", required=True, help="curve JSON file")
     cur.add_argument("--html", help="also write the plot here")
