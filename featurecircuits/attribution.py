@@ -162,7 +162,7 @@ def atp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 
 
 def relp(model, splice, batch, metric, cfg, progress=False) -> Attribution:
-    return _gradient_method(model, splice, batch, metric, cfg, cfg.lrp.resolve(model.family.name), progress)
+    return _gradient_method(model, splice, batch, metric, cfg, cfg.lrp, progress)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,11 +350,22 @@ def attribute(
     curves use it; read such tensors with :mod:`featurecircuits.sparse`).
     """
     cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
+    return attribute_splice(model, Splice(model, dictionaries, submodules, sparse=sparse), batch, cfg, metric,
+                            progress=progress)
+
+
+def attribute_splice(model: Model, splice: Splice, batch: Batch, cfg: AttributionConfig,
+                     metric: Metric = logit_diff, *, progress: bool = False) -> Attribution:
+    """The one internal entry behind :func:`attribute`: a :class:`Splice` built once by the caller and a
+    config already resolved for the model's family (``AttributionConfig.resolve``), as public functions
+    resolve it once at their door."""
+    if not cfg.lrp.is_resolved:
+        raise ValueError("attribute_splice needs a config resolved for the model's family "
+                         "(config.resolve(model.family.name)); public functions do this at their door")
     if len(batch) == 0:
         raise ValueError("the batch is empty")
     _check_tokens(model, batch)
     batch = batch.to(model.device)
-    splice = Splice(model, dictionaries, submodules, sparse=sparse)
     result = implementation(cfg.method)(model, splice, batch, metric, cfg, progress)
     for name, s in result.scores.items():
         if not torch.isfinite(stored_values(s)).all():

@@ -18,7 +18,7 @@ import networkx as nx
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import attribute
+from .attribution import attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric, logit_diff
 from .edges import score_edges
@@ -236,8 +236,7 @@ def score_circuit_edges(model: Model, splice: Splice, scores: NodeScores, nodes:
     weights: dict[tuple[Node, Node], float] = {}
     for batch, res in tqdm(scores.results, desc="edges", disable=not progress):
         if res is None:
-            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
+            res = attribute_splice(model, splice, batch, config, metric)
         for key, w in score_edges(model, splice, batch.to(model.device), res, list(nodes)).weights.items():
             weights[key] = weights.get(key, 0.0) + w
     return {k: w / scores.n_examples for k, w in weights.items()}
@@ -273,8 +272,7 @@ def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, con
     kept = [r for r in scores.results if r[1] is not None]
     if not kept:
         batch = scores.results[0][0]
-        kept = [(batch, attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                                  submodules=[s.name for s in splice.submodules], metric=metric, sparse=True))]
+        kept = [(batch, attribute_splice(model, splice, batch, config, metric))]
     return _top_contexts(model, kept, [n for n in nodes if n[2] is not None])
 
 
@@ -334,7 +332,7 @@ def discover(
     check_aggregation(aggregation)
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     lengths = _check_lengths(batches, aggregation)
-    splice = Splice(model, dictionaries, submodules)
+    splice = Splice(model, dictionaries, submodules, sparse=True)
     scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
                          progress=progress, checkpoint=checkpoint)
     nodes = select_nodes(scores, splice, threshold=node_threshold, top_k=top_k)

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import attribute, pearson
+from .attribution import attribute_splice, pearson
 from .config import AttributionConfig, LRPConfig
 from .data import Batch, logit_diff
 from .models import Model
 from .registry import method_info
+from .splice import Splice
 
 KINDS = ("resid", "attn", "mlp")
 POOLINGS = {
@@ -155,6 +156,7 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
             configs[m] = base.with_(method=m)
     configs = {label: c.resolve(model.family.name) for label, c in configs.items()}
     labels = [label for label in configs if label != "ap"]
+    splice = Splice(model)
     per_pair: dict[int, dict[str, dict[str, list[torch.Tensor]]]] = {}
     pair_groups: dict[int, list[str]] = {}
     tokens: dict[int, list[str]] = {}
@@ -170,7 +172,7 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
             cells = checkpoint.load(unit)
         else:
             metric = _batch_metric(model, batch, normalized)
-            cells = {label: _cells(model, attribute(model, batch, config=config, metric=metric))
+            cells = {label: _cells(model, attribute_splice(model, splice, batch, config, metric))
                      for label, config in configs.items()}
             if checkpoint is not None:
                 checkpoint.save(unit, cells)

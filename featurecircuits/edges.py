@@ -141,7 +141,7 @@ def score_edges(
                          f"{', '.join(m.name for m in METHODS.values() if m.edges)}")
     cfg = attribution.config
     base_ids, _ = batch.roles(cfg.direction)
-    rules = cfg.lrp.resolve(model.family.name) if cfg.info.uses_rules else None
+    rules = cfg.lrp if cfg.info.uses_rules else None
     leaves: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
 

@@ -324,7 +324,7 @@ def _curve_splice(model, dictionaries, submodules, config: AblationConfig, thres
     """The curve's splice, after checking the thresholds and that the config ablates something."""
     for t in thresholds:
         check_threshold("threshold", t)
-    splice = Splice(model, dictionaries, submodules)
+    splice = Splice(model, dictionaries, submodules, sparse=True)
     if not any(_ablatable(sub, config) for sub in splice.submodules):
         raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
                          f"include_embed={config.include_embed}; nothing to select")

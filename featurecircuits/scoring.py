@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import sparse
-from .attribution import Attribution, attribute
+from .attribution import Attribution, attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric
 from .models import Model
@@ -93,8 +93,7 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
         if checkpoint is not None and f"{unit}-{i}" in checkpoint:
             totals, acts, mb, ms, nbytes = _unpack(checkpoint.load(f"{unit}-{i}"))
         else:
-            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
+            res = attribute_splice(model, splice, batch, config, metric)
             totals = node_totals(res, aggregation)
             acts = {sub: sparse.total(a["act"], (0, 1)) / batch.n_tokens for sub, a in res.activations.items()
                     if sub in splice.dictionaries}
@@ -107,8 +106,7 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
             keep = False
             results = [(b, None) for b, _ in results]
         if keep and res is None:  # read back from the run folder, but its full result is wanted (edges, texts)
-            res = attribute(model, batch, config=config, dictionaries=splice.dictionaries,
-                            submodules=[s.name for s in splice.submodules], metric=metric, sparse=True)
+            res = attribute_splice(model, splice, batch, config, metric)
         for key, t in totals.items():
             sums[key] = sums.get(key, 0) + t
         for sub, a in acts.items():

@@ -44,13 +44,13 @@ def test_rule_sweep_reuses_ap_and_reports_per_group(monkeypatch):
     import featurecircuits.compare as cmp
 
     calls = []
-    real = cmp.attribute
+    real = cmp.attribute_splice
 
-    def counting(model, batch, *, config, **kw):
+    def counting(model, splice, batch, config, *args, **kw):
         calls.append(config.method)
-        return real(model, batch, config=config, **kw)
+        return real(model, splice, batch, config, *args, **kw)
 
-    monkeypatch.setattr(cmp, "attribute", counting)
+    monkeypatch.setattr(cmp, "attribute_splice", counting)
     model = tiny_model("gemma3")
     batches = [random_batch(n=3, t=5, seed=1), random_batch(n=2, t=5, seed=2), random_batch(n=2, t=6, seed=3)]
     sweep = [fc.LRPConfig(), fc.LRPConfig(attention="ah"), fc.LRPConfig.gradient()]
