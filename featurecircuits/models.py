@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .paths import DATA_ROOT, ORGANISM_DIR
-from .registry import GGUF_PACKAGES, ORGANISM, FamilyInfo, family_for_type
+from .registry import DTYPES, GGUF_PACKAGES, ORGANISM, FamilyInfo, family_for_type
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +228,14 @@ def load_model(
     return model
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
-
 def parse_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype) not in DTYPES:
+    """A dtype name of :data:`featurecircuits.registry.DTYPES` (or a torch dtype among them) as a torch dtype."""
+    if dtype is None:
+        return None
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else str(dtype)
+    if name not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[str(dtype)]
+    return getattr(torch, name)
 
 
 def _load_pretrained(name: str, source: str, tokenizer, dtype, device_map=None, offload_folder=None) -> Model:

@@ -44,21 +44,10 @@ from pathlib import Path
 
 import torch
 
+from .registry import PLANNED_METHODS, planner_counts
+
 log = logging.getLogger(__name__)
 
-PLANNED_METHODS = ("atp", "relp")
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Saved-for-backward elements per token and layer, by family and method:
-# (per d_model, per d_ff, per attention-pattern entry H·T, per query/key/value width H·head_dim).
-# Counted with torch.autograd.graph.saved_tensors_hooks on 1- and 2-layer random models of each family
-# (eager attention), varying one dimension at a time; the LRP rules save the extra factors they detach.
-_SAVED: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "gpt_neox": {"atp": (7, 2, 1, 0), "relp": (11, 4, 3, 0)},
-    "gpt2": {"atp": (7, 2, 1, 0), "relp": (11, 4, 3, 0)},
-    "gated": {"atp": (10, 4, 2, 4), "relp": (12, 5, 3.5, 5)},  # llama, qwen2, gemma2, gemma3
-}
 _COPIES = {"scores": 5, "backward": 2}  # dense feature/error copies held in each phase (see the docstring)
 
 
@@ -185,40 +174,6 @@ def submodule_names(n_layers: int) -> list[str]:
     return ["embed"] + [f"{k}_{l}" for l in range(n_layers) for k in ("attn", "mlp", "resid")]
 
 
-def dictionary_widths(root: str | Path) -> dict[str, tuple[int, int]]:
-    """(width, d_in) per submodule from the dictionaries' config.json files under ``root`` (no weights).
-
-    Reads ``trainer.dict_size``/``activation_dim`` (dictionary_learning), ``d_sae``/``d_in`` (SAELens), or
-    ``width``/``d_in``; folder names as :func:`featurecircuits.models.canonical_name` maps them.
-    """
-    from .models import canonical_name
-
-    root = Path(root)
-    if str(root) == "organism":
-        from .models import REPO_ROOT
-
-        root = REPO_ROOT / "dictionaries" / "organism"
-    if not root.is_dir():
-        raise FileNotFoundError(f"dictionary root {root} is not a directory")
-    out: dict[str, tuple[int, int]] = {}
-    for cfg in sorted(root.rglob("*.json")):
-        if cfg.name not in ("config.json", "cfg.json"):
-            continue
-        data = json.loads(cfg.read_text())
-        data = data.get("trainer", data)
-        width = data.get("dict_size") or data.get("d_sae") or data.get("width")
-        d_in = data.get("activation_dim") or data.get("d_in")
-        if not width or not d_in:
-            continue
-        name = canonical_name(cfg.relative_to(root).parts[0])
-        if name in out:
-            raise ValueError(f"{root} holds several dictionaries for {name}; pass the one you want as its own root")
-        out[name] = (int(width), int(d_in))
-    if not out:
-        raise FileNotFoundError(f"no dictionary config.json (with a width and an input size) under {root}")
-    return out
-
-
 def _widths(dict_widths, geo: Geometry) -> dict[str, tuple[int, int]]:
     if dict_widths is None:
         return {}
@@ -271,13 +226,10 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
     """
     if method not in PLANNED_METHODS:
         raise ValueError(f"the planner covers methods {', '.join(PLANNED_METHODS)}, not {method!r}")
-    if isinstance(dtype, torch.dtype):
-        names = {v: k for k, v in DTYPES.items()}
-        if dtype not in names:
-            raise ValueError(f"unsupported dtype {dtype}; valid: {', '.join(DTYPES)}")
-        dtype = names[dtype]
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    from .models import parse_dtype
+
+    torch_dtype = parse_dtype(dtype)
+    dtype = str(torch_dtype).removeprefix("torch.")
     if not (isinstance(batch, int) and isinstance(tokens, int) and batch >= 1 and tokens >= 1):
         raise ValueError(f"batch and tokens must be positive integers, got {batch!r} and {tokens!r}")
     if l0 is not None and not (isinstance(l0, (int, float)) and l0 >= 0):
@@ -287,7 +239,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
                          "features)")
     if not (isinstance(logit_positions, int) and logit_positions >= 0):
         raise ValueError(f"logit_positions must be a non-negative integer (0: every position), got {logit_positions!r}")
-    size = DTYPES[dtype].itemsize
+    size = torch_dtype.itemsize
     geo = geometry(config_or_model)
     widths = _widths(dict_widths, geo)
     n = batch * tokens
@@ -295,7 +247,7 @@ def plan(config_or_model, dict_widths=None, batch: int = 1, tokens: int = 1, *, 
     params = geo.n_params * size
     dict_weights = sum(2 * d_in * w + w + d_in for w, d_in in widths.values()) * size
     feat_one, err_one, transient, index_bytes = _feature_terms(widths, n, size, l0, geo)
-    cd, cff, catt, cqkv = _SAVED.get(geo.family, _SAVED["gated"])[method]
+    cd, cff, catt, cqkv = planner_counts(geo.family, method)
     per_token_layer = cd * geo.d_model + cff * geo.d_ff + catt * geo.n_heads * tokens + \
         cqkv * geo.n_heads * geo.head_dim
     activations = int(n * (geo.n_layers * per_token_layer + 3 * geo.d_model) * size)

@@ -2,9 +2,12 @@
 the command line can check every name before any model is loaded.
 
 Adding a method: one :class:`MethodInfo` here (its ``implementation`` names the function that computes it)
-and the module with that function. Adding a family: one :class:`FamilyInfo` here (layout and default LRP
-rules, with the evidence for them). Adding a dictionary format: a loader module in
-``featurecircuits/dictionaries/`` and its entry in that package's format table.
+and the module with that function. Adding a family: one :class:`FamilyInfo` here (layout, default LRP
+rules with the evidence for them, and what the memory planner needs). Adding a dictionary format: a loader
+module in ``featurecircuits/dictionaries/`` and its entry in ``featurecircuits.dictionaries.formats``.
+
+The vocabularies every layer shares live here too: submodule kinds (:data:`KINDS`), dtype names
+(:data:`DTYPES`), the methods the memory planner models (:data:`PLANNED_METHODS`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,26 @@ from dataclasses import dataclass, field
 def unknown(what: str, name, valid) -> ValueError:
     """The error for a name we do not know, listing the valid ones."""
     return ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Vocabularies
+
+# Submodule kinds in the order a layer computes them (embed before every layer): embed, z_l (the input of
+# the attention output projection, hook_z), attn_l, mlp_l, resid_l (the layer's output).
+KINDS = ("embed", "z", "attn", "mlp", "resid")
+DEFAULT_KINDS = ("embed", "attn", "mlp", "resid")  # the submodules that carry nodes unless asked otherwise
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+PLANNED_METHODS = ("atp", "relp")  # the memory planner models the gradient path
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"attn,mlp"`` → kinds, each checked."""
+    kinds = tuple(k.strip() for k in str(text).split(","))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown submodule kind(s) {', '.join(bad) or repr(text)}; valid: {', '.join(KINDS)}")
+    return kinds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,6 +115,11 @@ class FamilyInfo:
     rules: dict = field(default_factory=dict)  # default LRP rules (LRPConfig fields) where they differ
     rules_evidence: str = ("RelP paper defaults (LN, identity, 0-rule, half-rule; AH off); not measured on a real "
                            "model of this family (docs/rules.md)")
+    # The memory planner: elements the forward saves for the backward pass per token and layer, by method:
+    # (per d_model, per d_ff, per attention-pattern entry H·T, per query/key/value width H·head_dim).
+    # Counted with autograd's saved-tensor hooks on 1- and 2-layer random models of the family (eager
+    # attention), one dimension varied at a time; the LRP rules save the extra factors they detach.
+    saved: dict = field(default_factory=dict)
 
 
 # The evidence behind each family's default rules (the table is docs/rules.md).
@@ -109,17 +137,19 @@ EVIDENCE_GEMMA3 = ("measured on Gemma-3-270M (Q4_K_M GGUF), IOI, 20 pairs: PCC w
 EVIDENCE_QWEN3 = ("not measured on a real model (none loadable offline): the AH-rule by analogy with Gemma-3, whose "
                   "attention has the same per-head q_norm/k_norm (docs/rules.md)")
 
-_GATED = dict(attn="self_attn", attn_out="o_proj", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"))
+_SAVED_UNGATED = {"atp": (7, 2, 1, 0), "relp": (11, 4, 3, 0)}
+_SAVED_GATED = {"atp": (10, 4, 2, 4), "relp": (12, 5, 3.5, 5)}
+_GATED = dict(attn="self_attn", attn_out="o_proj", mlp="mlp", act="act_fn", gate=("up_proj", "down_proj"),
+              saved=_SAVED_GATED)
 
 FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
     FamilyInfo("gpt_neox", ("gpt_neox",), embed="gpt_neox.embed_in", layers="gpt_neox.layers",
                attn="attention", attn_out="dense", mlp="mlp", act="act", act_config_keys=("hidden_act",),
-               parallel_residual=None,
-               rules_evidence=EVIDENCE_GPT_NEOX),
+               parallel_residual=None, saved=_SAVED_UNGATED, rules_evidence=EVIDENCE_GPT_NEOX),
     # GPT-2 adds learned position embeddings to the token embeddings; the dropout module's output is that
     # sum, so it is the embedding node.
     FamilyInfo("gpt2", ("gpt2",), embed="transformer.drop", layers="transformer.h", attn="attn", attn_out="c_proj",
-               mlp="mlp", act="act", act_config_keys=("activation_function",)),
+               mlp="mlp", act="act", act_config_keys=("activation_function",), saved=_SAVED_UNGATED),
     FamilyInfo("llama", ("llama",), embed="model.embed_tokens", layers="model.layers",
                act_config_keys=("hidden_act",), rules_evidence=EVIDENCE_LLAMA, **_GATED),
     FamilyInfo("qwen2", ("qwen2",), embed="model.embed_tokens", layers="model.layers",
@@ -136,6 +166,16 @@ FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
                act_config_keys=("hidden_act",), rules={"attention": "ah"}, rules_evidence=EVIDENCE_QWEN3,
                **_GATED),
 )}
+
+
+def planner_counts(family: str, method: str) -> tuple[float, float, float, float]:
+    """The planner's saved-for-backward counts of a family and method (an error naming what it knows)."""
+    if method not in PLANNED_METHODS:
+        raise ValueError(f"the planner covers methods {', '.join(PLANNED_METHODS)}, not {method!r}")
+    known = [f.name for f in FAMILIES.values() if f.saved]
+    if family not in FAMILIES or not FAMILIES[family].saved:
+        raise unknown("model family for the memory planner", family, known)
+    return FAMILIES[family].saved[method]
 
 
 def family_for_type(model_type: str | None) -> FamilyInfo:

@@ -296,7 +296,7 @@ def test_a_folder_of_saelens_saes_is_a_dictionary_set(tmp_path, caplog):
     dicts = random_dictionaries(model)
     saelens.save_set({k: dicts[k] for k in ("embed", "attn_1", "resid_1")}, model, tmp_path / "set")
     assert (tmp_path / "set" / "blocks.1.hook_resid_post" / "cfg.json").is_file()
-    with caplog.at_level("INFO", logger="featurecircuits.dictionaries.sets"):
+    with caplog.at_level("INFO", logger="featurecircuits.dictionaries"):
         loaded = fc.load_dictionaries(f"saelens:{tmp_path / 'set'}", model)
     assert list(loaded) == ["embed", "attn_1", "resid_1"]
     assert "hook blocks.1.hook_resid_post) → resid_1" in caplog.text
@@ -382,7 +382,8 @@ def _edge_by_intervention(model, dicts, res, batch, u, d):
 
 
 def test_a_residual_only_set_puts_nodes_and_edges_on_the_residual_stream():
-    from featurecircuits.circuit import discover, parse_node_id
+    from featurecircuits.circuit import discover
+    from featurecircuits.nodes import parse_node_id
     from featurecircuits.splice import Splice
 
     model = tiny_model("gpt_neox")

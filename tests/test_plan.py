@@ -11,8 +11,9 @@ import torch
 import transformers as tr
 from conftest import random_batch, random_dictionaries, tiny_model
 
+from featurecircuits.dictionaries import dictionary_widths
 from featurecircuits.models import REPO_ROOT
-from featurecircuits.plan import dictionary_widths, geometry, plan, submodule_names
+from featurecircuits.plan import geometry, plan, submodule_names
 
 PYTHIA = tr.GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
                           intermediate_size=2048, rotary_pct=0.25, use_parallel_residual=True)

@@ -1,23 +1,35 @@
-"""Dictionaries (SAEs): one interface (:class:`Dictionary`), one loader per on-disk format
-(:mod:`.dictionary_learning`, :mod:`.saelens`, :mod:`.gemma_scope`; hook names mapped by :mod:`.hooks`), and
-sets of dictionaries per submodule checked against a model (:mod:`.sets`)."""
+"""Dictionaries (SAEs): one interface (:class:`Dictionary`, :mod:`.base`), one loader module per on-disk format
+listed in the format table (:mod:`.formats`: dictionary_learning, SAELens, Gemma Scope; hook names mapped by
+:mod:`.hooks`), the spec grammar (:mod:`.spec`), hub downloads (:mod:`.hub`), and sets of dictionaries per
+submodule checked against a model (:mod:`.sets`).
 
-from .base import ACTIVATIONS, SAE, Dictionary, DictionarySource, GatedSAE, IdentityDictionary
-from .sets import (
-    FORMATS,
-    cache_dir,
-    check_dictionary,
-    decoder_norms,
-    describe,
-    download_dictionaries,
-    load_dictionaries,
-    load_dictionary,
-    neuron_dictionaries,
-    parse_spec,
-    resolve_dictionaries,
-    save_dictionary,
-)
+Names are imported lazily (PEP 562), so :mod:`.spec` and :mod:`.formats` load without torch.
+"""
 
-__all__ = ["ACTIVATIONS", "FORMATS", "SAE", "Dictionary", "DictionarySource", "GatedSAE", "IdentityDictionary",
-           "cache_dir", "check_dictionary", "decoder_norms", "describe", "download_dictionaries", "load_dictionaries",
-           "load_dictionary", "neuron_dictionaries", "parse_spec", "resolve_dictionaries", "save_dictionary"]
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "ACTIVATIONS": "base", "SAE": "base", "Dictionary": "base", "DictionarySource": "base", "GatedSAE": "base",
+    "IdentityDictionary": "base",
+    "FORMATS": "formats", "FormatInfo": "formats",
+    "cache_dir": "hub", "download_dictionaries": "hub", "resolve_dictionaries": "hub",
+    "check_dictionary": "sets", "decoder_norms": "sets", "describe": "sets", "dictionary_widths": "sets",
+    "load_dictionaries": "sets", "load_dictionary": "sets", "neuron_dictionaries": "sets", "save_dictionary": "sets",
+    "parse_spec": "spec", "spec_of": "spec", "SpecPart": "spec",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_API})

@@ -29,6 +29,7 @@ class DictionarySource:
     format: str  # "dictionary_learning", "saelens", "gemma_scope", "neurons", "memory"
     path: str  # file, folder or hub id it was read from ("" for one built in memory)
     hash: str  # sha256 of the weights as held by the Dictionary (format-independent)
+    spec: str = ""  # the canonical spec part that loaded it within a set ("" when loaded alone or built)
 
     def to_dict(self) -> dict:
         return asdict(self)

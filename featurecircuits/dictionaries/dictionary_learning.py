@@ -153,3 +153,71 @@ def save(ae, folder: str | Path, *, trainer_config: dict | None = None) -> Path:
     atomic_write_bytes(folder / "ae.pt", lambda f: torch.save({k: v.contiguous() for k, v in state.items()}, f))
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     return folder
+
+
+# -- the format protocol (featurecircuits.dictionaries.formats) ------------------------------------------------
+def detect(path: Path) -> bool:
+    path = Path(path)
+    return path.name in WEIGHT_FILES or (path.is_dir() and find_weights(path) is not None)
+
+
+def detect_set(root: Path) -> bool:
+    return Path(root).is_dir()  # the fallback layout: any folder no other format claims
+
+
+def _submodule_folder(root: Path, candidates: list[str]) -> Path | None:
+    """The folder holding the weights of one submodule (named ours, or as Sparse Feature Circuits names it)."""
+    for candidate in candidates:
+        folder = root / candidate
+        if not folder.is_dir():
+            continue
+        if find_weights(folder) is not None:
+            return folder
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and find_weights(p) is not None)
+        if len(children) > 1:
+            raise ValueError(f"{folder} holds several dictionaries ({', '.join(c.name for c in children)}); "
+                             "pass the one you want as its own root")
+        if children:
+            return children[0]
+    return None
+
+
+def load_set(part, model, *, l0=None, wanted=None) -> list[tuple[str, Dictionary, str]]:
+    """``<root>/<submodule>/<run>/ae.pt`` for every submodule with a folder (``wanted``: only those)."""
+    from ..models import canonical_name, sfc_name
+    from .hub import resolve_dictionaries
+
+    root = resolve_dictionaries(part.target)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dictionary root {root} is not a directory")
+    present = {canonical_name(p.name) for p in root.iterdir() if p.is_dir()}
+    subs = [s for s in model.all_submodules if s.name in present and (wanted is None or s.name in wanted)]
+    if not subs and wanted is None:
+        valid = ", ".join(s.name for s in model.all_submodules)
+        raise FileNotFoundError(f"no dictionary folders under {root} match a submodule ({valid}); for SAELens "
+                                "or Gemma Scope files use saelens:<folder> or gemma-scope-<suite>:<folder>")
+    out = []
+    for sub in subs:
+        folder = _submodule_folder(root, list(dict.fromkeys([sub.name, sfc_name(sub)])))
+        if folder is not None:  # a folder without weights: no dictionary for this submodule
+            out.append((sub.name, load(folder), str(folder)))
+    return out
+
+
+def widths(part) -> dict[str, tuple[int, int]]:
+    """(width, d_in) per submodule from the ``config.json`` files (``trainer.dict_size``/``activation_dim``)."""
+    from ..models import canonical_name
+    from .hub import resolve_dictionaries
+
+    root = resolve_dictionaries(part.target)
+    out: dict[str, tuple[int, int]] = {}
+    for cfg in sorted(root.rglob("config.json")):
+        trainer = _io.read_json(cfg, "config.json").get("trainer", {})
+        width, d_in = trainer.get("dict_size"), trainer.get("activation_dim")
+        if not width or not d_in:
+            continue
+        name = canonical_name(cfg.relative_to(root).parts[0])
+        if name in out:
+            raise ValueError(f"{root} holds several dictionaries for {name}; pass the one you want as its own root")
+        out[name] = (int(width), int(d_in))
+    return out

@@ -136,3 +136,60 @@ def save_suite(dictionaries: dict[int, Dictionary], root: str | Path, *, l0: dic
         x = (l0 or {}).get(layer, 100)
         save(ae, root / f"layer_{layer}" / f"width_{ae.width}" / f"average_l0_{x:g}" / PARAMS_FILE)
     return root
+
+
+# -- the format protocol (featurecircuits.dictionaries.formats) ------------------------------------------------
+def detect(path: Path) -> bool:
+    path = Path(path)
+    return path.suffix == ".npz" or (path.is_dir() and (path / PARAMS_FILE).is_file())
+
+
+def detect_set(root: Path) -> bool:
+    root = Path(root)
+    return root.is_dir() and any(p.is_dir() and _LAYER.match(p.name) for p in root.iterdir())
+
+
+def _suite(part) -> str:
+    suite = (part.prefix or "").removeprefix("gemma-scope-")
+    if suite not in SUITES:
+        raise ValueError(f"{part.target} looks like a Gemma Scope suite (layer_N/width_W/average_l0_X/params.npz); "
+                         "name the suite: " + ", ".join(f"gemma-scope-{s}:<folder>" for s in SUITES))
+    return suite
+
+
+def load_set(part, model, *, l0=None, wanted=None) -> list[tuple[str, Dictionary, str]]:
+    """Every layer of a suite folder (``l0``/``width`` from the spec's options, else ``l0``), mapped by hook."""
+    from .hooks import assign
+    from .hub import resolve_dictionaries
+
+    suite = _suite(part)
+    found = load_suite(resolve_dictionaries(part.target), suite, l0=part.options.get("l0", l0),
+                       width=part.options.get("width"))
+    found = [(hook, ae, ae.source.path) for hook, ae in found]
+    return [x for x in assign(found, model, part.text()) if wanted is None or x[0] in wanted]
+
+
+def _npz_shape(path: Path, key: str) -> tuple[int, ...]:
+    """The shape of one array of an .npz file, read from its header (no data loaded)."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+    return tuple(shape)
+
+
+def widths(part) -> dict[str, tuple[int, int]]:
+    """(width, d_in) per layer's submodule, from ``W_enc``'s header in each chosen ``params.npz``."""
+    from .hooks import nominal_submodule
+
+    suite = _suite(part)
+    chosen = find(Path(part.target).expanduser(), l0=part.options.get("l0"), width=part.options.get("width"))
+    out = {}
+    for layer, params in chosen.items():
+        d_in, width = _npz_shape(params, "W_enc")
+        out[nominal_submodule(SUITES[suite].format(layer=layer))] = (int(width), int(d_in))
+    return out

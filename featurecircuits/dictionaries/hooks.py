@@ -35,9 +35,12 @@ of our submodule paths, that path decides.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from ..models import Model
+
+log = logging.getLogger(__name__)
 
 HOOK_KINDS = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_resid_mid|hook_attn_out|hook_mlp_out|"
@@ -90,22 +93,42 @@ def submodule_for_hook(hook: str, model: Model, *, hf_hook: str | None = None, w
     if layer >= model.n_layers:
         raise ValueError(f"{at}hook {hook!r} is on layer {layer}, but the model has {model.n_layers} layers "
                          f"(0–{model.n_layers - 1}); is the SAE for another model?")
-    if kind == "hook_resid_post":
-        return f"resid_{layer}"
-    if kind == "hook_resid_pre":
-        return f"resid_{layer - 1}"  # layer 0 handled above
-    if kind in ("hook_attn_out", "hook_mlp_out"):
+    if kind in ("hook_attn_out", "hook_mlp_out") and family in _POST_NORM_FAMILIES:
         part = "attn" if kind == "hook_attn_out" else "mlp"
-        if family in _POST_NORM_FAMILIES:
-            raise ValueError(f"{at}hook {hook!r}: in TransformerLens's {family} this is the {part} output *after* "
-                             f"its post-{part} RMSNorm, while our {part}_{layer} is the output before it; no "
-                             "submodule matches exactly, so the SAE is refused")
-        return f"{part}_{layer}"
-    if kind == "attn.hook_z":
-        return f"z_{layer}"
-    raise ValueError(f"{at}hook {hook!r} has no featurecircuits submodule; supported hooks: hook_embed, "
-                     "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out, "
-                     "blocks.L.hook_mlp_out, blocks.L.attn.hook_z")
+        raise ValueError(f"{at}hook {hook!r}: in TransformerLens's {family} this is the {part} output *after* "
+                         f"its post-{part} RMSNorm, while our {part}_{layer} is the output before it; no "
+                         "submodule matches exactly, so the SAE is refused")
+    return nominal_submodule(hook, where=where)
+
+
+def nominal_submodule(hook: str, *, where: str = "") -> str:
+    """The submodule a hook name means, without a model's family-specific checks (the memory planner reads
+    configs only): ``blocks.3.hook_resid_post`` → ``resid_3``, ``blocks.3.attn.hook_z`` → ``z_3``."""
+    if hook in ("hook_embed", "blocks.0.hook_resid_pre"):
+        return "embed"
+    m = _BLOCK_HOOK.match(str(hook or ""))
+    names = {"hook_resid_post": "resid", "hook_attn_out": "attn", "hook_mlp_out": "mlp", "attn.hook_z": "z"}
+    if m is not None and m.group(2) == "hook_resid_pre":
+        return f"resid_{int(m.group(1)) - 1}"
+    if m is None or m.group(2) not in names:
+        raise ValueError(f"{where + ': ' if where else ''}hook {hook!r} has no featurecircuits submodule; supported "
+                         "hooks: hook_embed, blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
+                         "blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.attn.hook_z")
+    return f"{names[m.group(2)]}_{m.group(1)}"
+
+
+def assign(found, model: Model, part: str) -> list[tuple[str, object, str]]:
+    """``(hook, dictionary, where)`` of one spec part → ``(submodule, dictionary, where)``; two SAEs of the part
+    on one submodule are an error naming both and how to select one."""
+    out: dict[str, tuple[str, object, str]] = {}
+    for hook, ae, where in found:
+        name = submodule_for_hook(hook, model, hf_hook=getattr(ae, "hf_hook_name", None), where=where)
+        if name in out:
+            raise ValueError(f"two SAEs map to {name}: {out[name][2]} and {where} (hook {hook}); keep one, e.g. "
+                             f"select it with {part}@<part of its name>")
+        log.info("SAE %s (hook %s) → %s", where, hook, name)
+        out[name] = (name, ae, where)
+    return list(out.values())
 
 
 def hook_for_submodule(name: str, model: Model) -> str:

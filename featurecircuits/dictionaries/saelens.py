@@ -319,3 +319,58 @@ def load_release(release: str, *, select: str | None = None, device: str = "cpu"
         ae.sae_id = sae_id
         out.append(ae)
     return out
+
+
+# -- the format protocol (featurecircuits.dictionaries.formats) ------------------------------------------------
+def detect(path: Path) -> bool:
+    path = Path(path)
+    return is_sae_folder(path) or path.name in (CFG_FILE, WEIGHTS_FILE)
+
+
+def detect_set(root: Path) -> bool:
+    root = Path(root)
+    children = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    return is_sae_folder(root) or bool(children) and all(is_sae_folder(p) for p in children)
+
+
+def _folders(path: Path, select: str | None) -> list[Path]:
+    """The SAE folders under ``path`` (itself, or every folder below holding both files), ``select`` applied."""
+    folders = [path] if is_sae_folder(path) else sorted(
+        p.parent for p in path.rglob(CFG_FILE) if (p.parent / WEIGHTS_FILE).is_file())
+    if select:
+        folders = [f for f in folders if select in str(f.relative_to(path))]
+    if not folders:
+        raise FileNotFoundError(f"{path}: no SAELens SAE folders ({CFG_FILE} + {WEIGHTS_FILE})"
+                                + (f" matching {select!r}" if select else ""))
+    return folders
+
+
+def load_set(part, model, *, l0=None, wanted=None) -> list[tuple[str, Dictionary, str]]:
+    """A folder of SAE folders, or a release id (the optional extra); each mapped by its hook."""
+    from .hooks import assign
+
+    path = Path(part.target).expanduser()
+    if path.is_dir():
+        found = [(ae.hook_name, ae, str(f)) for f in _folders(path, part.select) for ae in [load(f)]]
+    elif path.exists() or ("/" in part.target and path.parent.exists()):
+        raise FileNotFoundError(f"SAELens folder {part.target} does not exist or is not a folder")
+    else:
+        found = [(ae.hook_name, ae, ae.source.path) for ae in load_release(part.target, select=part.select)]
+    return [x for x in assign(found, model, part.text()) if wanted is None or x[0] in wanted]
+
+
+def widths(part) -> dict[str, tuple[int, int]]:
+    """(width, d_in) per submodule from the ``cfg.json`` files (``d_sae``/``d_in``, the hook named there)."""
+    from .hooks import nominal_submodule
+
+    path = Path(part.target).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"SAELens folder {part.target} does not exist (the planner reads configs of local "
+                                "folders only)")
+    out = {}
+    for folder in _folders(path, part.select):
+        cfg = parse_config(_io.read_json(folder / CFG_FILE, "SAELens cfg.json"), folder / CFG_FILE)
+        if not (cfg.d_sae and cfg.d_in):
+            raise ValueError(f"{folder / CFG_FILE}: no d_sae and d_in; the planner needs both")
+        out[nominal_submodule(cfg.hook_name, where=str(folder))] = (cfg.d_sae, cfg.d_in)
+    return out
