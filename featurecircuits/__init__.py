@@ -28,7 +28,7 @@ _API = {
 }
 _MODULES = ("fileio", "registry", "splice", "tasks", "models", "dictionaries", "config", "scoring", "evaluation",
             "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan", "paths",
-            "sparse")
+            "nodes", "sparse")
 
 __all__ = sorted({*_API, "fileio", "registry", "splice", "tasks"})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,11 @@ from tqdm.auto import tqdm
 from .attribution import attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric, logit_diff
+from .dictionaries.spec import spec_of
 from .edges import score_edges
 from .fileio import atomic_write_text
 from .models import Model
+from .nodes import METRIC_NODE, NodeRef, node_id
 from .scoring import (
     RESULT_MEMORY_BUDGET,
     Aggregation,
@@ -42,24 +43,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "featurecircuits.circuit"
 SCHEMA_VERSION = 1
-METRIC_NODE = "logit"
-_ID = re.compile(r"^(?P<sub>[a-z]+(?:_\d+)?)(?:/(?P<part>err|f(?P<feat>\d+)))?(?:@(?P<pos>\d+))?$")
-
-
-def node_id(node: Node) -> str:
-    sub, part, feat, pos = node
-    name = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
-    return name if pos is None else f"{name}@{pos}"
-
-
-def parse_node_id(text: str) -> Node:
-    m = _ID.match(text)
-    if not m:
-        raise ValueError(f"malformed node id {text!r} (expected e.g. 'resid_3/f12', 'mlp_0/err@4', 'attn_1')")
-    part = "err" if m["part"] == "err" else "act"
-    feat = int(m["feat"]) if m["feat"] is not None else None
-    pos = int(m["pos"]) if m["pos"] is not None else None
-    return m["sub"], part, feat, pos
 
 
 @dataclass
@@ -80,8 +63,17 @@ class Circuit:
     def n_edges(self) -> int:
         return self.graph.number_of_edges()
 
-    def node_tuples(self) -> set[Node]:
-        return {parse_node_id(n) for n in self.nodes}
+    def node_tuples(self) -> set[NodeRef]:
+        return {self.ref(n) for n in self.nodes}
+
+    def ref(self, node: str) -> NodeRef:
+        """What a node is (submodule, part, feature, position), parsed from its id."""
+        return NodeRef.parse(node)
+
+    @property
+    def edges(self) -> list[tuple[str, str, float]]:
+        """``(source, target, weight)`` of every edge (the JSON's ``edges``)."""
+        return list(self.graph.edges(data="weight"))
 
     def score(self, node: str) -> float:
         return self.graph.nodes[node]["score"]
@@ -139,7 +131,7 @@ class Circuit:
             attrs = {k: v for k, v in node.items() if k != "id"}
             if node["id"] != METRIC_NODE:
                 try:
-                    parse_node_id(node["id"])
+                    NodeRef.parse(node["id"])
                 except ValueError as exc:
                     raise UsageError(f"{where}: $.nodes[{i}].id: {exc}") from None
             if node["id"] in g:
@@ -176,7 +168,7 @@ class Circuit:
             raise ValueError(f"this circuit was found on another model ({meta.get('model')!r}: family, layers, "
                              f"width = {theirs}); the given model has {ours}")
         for n in self.nodes:
-            model.submodule(parse_node_id(n)[0])  # raises, listing the valid submodules
+            model.submodule(NodeRef.parse(n).submodule)  # raises, listing the valid submodules
 
     def check_dictionaries(self, dictionaries: dict) -> None:
         """Raise when ``dictionaries`` are not the ones this circuit was found with (compared by the hash of
@@ -250,11 +242,11 @@ def build_graph(model: Model, splice: Splice, scores: NodeScores, nodes: dict[No
     graph.add_node(METRIC_NODE, kind="metric", score=scores.metric_source - scores.metric_base, submodule=None,
                    layer=None, position=None, feature=None)
     for node, s in nodes.items():
-        sub, part, feat, pos = node
-        kind = "error" if part == "err" else "feature" if feat is not None else "component"
-        mean_act = float(scores.mean_activations[sub][feat]) if kind == "feature" else None
-        graph.add_node(node_id(node), score=s, kind=kind, submodule=sub, layer=model.submodule(sub).layer,
-                       position=pos, feature=feat, mean_activation=mean_act, top_contexts=contexts.get(node))
+        ref = NodeRef(*node)
+        mean_act = float(scores.mean_activations[ref.submodule][ref.feature]) if ref.kind == "feature" else None
+        graph.add_node(ref.id, score=s, kind=ref.kind, submodule=ref.submodule,
+                       layer=model.submodule(ref.submodule).layer, position=ref.position, feature=ref.feature,
+                       mean_activation=mean_act, top_contexts=contexts.get(node))
     last = splice.submodules[-1].name
     for node, s in nodes.items():
         if node[0] == last and abs(s) >= edge_threshold:
@@ -295,6 +287,7 @@ def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, sc
         "aggregation": aggregation, "node_threshold": node_threshold, "edge_threshold": edge_threshold,
         "top_k": top_k, "task": task_record(task), "n_examples": scores.n_examples, "token_lengths": lengths,
         "submodules": [s.name for s in splice.submodules],
+        "dictionaries": spec_of(splice.dictionaries),  # the spec that loads them again (None: built in memory)
         "dictionary_sizes": {k: v.width for k, v in splice.dictionaries.items()},
         "dictionary_sources": {k: v.source.to_dict() for k, v in splice.dictionaries.items()},
         "metric": getattr(metric, "__name__", "custom"), "metric_base": scores.metric_base,

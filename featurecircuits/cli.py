@@ -445,7 +445,7 @@ def cmd_evaluate(args) -> int:
 def check_features(where, circuit, dicts) -> None:
     """Every feature node of ``circuit`` exists in the given dictionaries (else the ablation masks would index
     past a dictionary's width)."""
-    from .circuit import parse_node_id
+    from .nodes import parse_node_id
 
     for node in circuit.nodes:
         sub, part, feat, _ = parse_node_id(node)
@@ -531,7 +531,8 @@ def cmd_compare(args) -> int:
     import json
     from pathlib import Path
 
-    from .compare import PAPER_TABLE5, compare, comparison_figure
+    from .compare import PAPER_TABLE5, compare
+    from .plots import comparison_figure
     from .config import LRPConfig
     from .fileio import atomic_write_many
     from .models import load_model
@@ -653,7 +654,8 @@ def cmd_plan(args) -> int:
     import json
     import re
 
-    from .plan import dictionary_widths, plan
+    from .dictionaries import dictionary_widths
+    from .plan import plan
 
     if args.dictionaries and args.width:
         raise ValueError("give --dictionaries (widths read from their config.json files) or --width, not both")

@@ -183,6 +183,7 @@ class CircuitMetadata(BaseModel):
     n_layers: StrictInt | None = None
     d_model: StrictInt | None = None
     submodules: list[StrictStr] | None = None
+    dictionaries: StrictStr | None = None  # the spec the circuit was found with
     dictionary_sources: dict[StrictStr, DictionaryRecord] | None = None
     dictionary_sizes: dict[StrictStr, StrictInt] | None = None
 

@@ -21,10 +21,11 @@ from .attribution import Attribution, attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric
 from .models import Model
+from .nodes import NodeRef
 from .registry import unknown
 from .splice import Splice
 
-Node = tuple[str, str, int | None, int | None]
+Node = NodeRef  # a named tuple (submodule, part, feature, position)
 Aggregation = Literal["sum", "none"]
 PartKey = tuple[str, str]  # (submodule, part)
 
@@ -136,12 +137,12 @@ def node_values(means: dict[PartKey, torch.Tensor], features: Collection[str], *
         if is_feature:
             hit = mean.nonzero() if threshold is None else (mean.abs() >= threshold).nonzero()
             for ix in hit.tolist():
-                out[(sub, "act", ix[-1], ix[0] if positional else None)] = float(mean[tuple(ix)])
+                out[NodeRef(sub, "act", ix[-1], ix[0] if positional else None)] = float(mean[tuple(ix)])
         elif positional:
             for pos, v in enumerate(mean.tolist()):
-                out[(sub, part, None, pos)] = v
+                out[NodeRef(sub, part, None, pos)] = v
         else:
-            out[(sub, part, None, None)] = float(mean)
+            out[NodeRef(sub, part, None, None)] = float(mean)
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
 
 import featurecircuits as fc
-from featurecircuits.circuit import Circuit, discover, node_id, parse_node_id
+from featurecircuits.circuit import Circuit, discover
 from featurecircuits.evaluation import (
     AblationConfig,
     ablation_sources,
@@ -19,6 +19,7 @@ from featurecircuits.evaluation import (
     evaluate_masks,
     faithfulness_curve,
 )
+from featurecircuits.nodes import node_id, parse_node_id
 from featurecircuits.splice import Splice, run
 
 GOLDEN = Path(__file__).parent / "data" / "circuit_v1.json"

@@ -161,7 +161,7 @@ def _interrupt_after(monkeypatch, calls: int):
     """Ctrl-C at the ``calls``-th node-scoring attribution (after ``calls - 1`` batches completed)."""
     import featurecircuits.scoring as scoring
 
-    real = scoring.attribute
+    real = scoring.attribute_splice
     count = {"n": 0}
 
     def attribute(*args, **kwargs):
@@ -170,8 +170,8 @@ def _interrupt_after(monkeypatch, calls: int):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "attribute", attribute)
-    return lambda: monkeypatch.setattr(scoring, "attribute", real)
+    monkeypatch.setattr(scoring, "attribute_splice", attribute)
+    return lambda: monkeypatch.setattr(scoring, "attribute_splice", real)
 
 
 @pytest.mark.skipif(not ORGANISM, reason="organism not built")
@@ -221,7 +221,7 @@ def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, caps
 
     args = ["compare", "--task", "ioi", "--n", "6", "--batch-size", "1", "--rules", "default;attention=ah"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
-    real, count = compare.attribute, {"n": 0}
+    real, count = compare.attribute_splice, {"n": 0}
 
     def attribute(*a, **k):  # 4 attributions per batch (AP, AtP, two RelP rule sets); stop in the third
         count["n"] += 1
@@ -229,13 +229,13 @@ def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, caps
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(compare, "attribute", attribute)
+    monkeypatch.setattr(compare, "attribute_splice", attribute)
     assert main([*args, "--out", str(tmp_path / "c")]) == 130
     run = tmp_path / "c.run"
     assert sorted(p.name for p in run.iterdir()) == ["compare-batch-0.pt", "compare-batch-1.pt", "run.json"]
     assert main([*args[:-1], "paper", "--out", str(tmp_path / "c"), "--resume"]) == 2  # other rule sets
     assert "differs in: rules" in capsys.readouterr().err
-    monkeypatch.setattr(compare, "attribute", real)
+    monkeypatch.setattr(compare, "attribute_splice", real)
     assert main([*args, "--out", str(tmp_path / "c"), "--resume"]) == 0
     ref, got = (json.loads((tmp_path / n / "comparison.json").read_text()) for n in ("ref", "c"))
     assert got == ref

@@ -11,8 +11,9 @@ import torch
 from conftest import random_batch, tiny_model
 
 import featurecircuits as fc
-from featurecircuits.compare import compare, comparison_figure
+from featurecircuits.compare import compare
 from featurecircuits.models import ORGANISM_DIR
+from featurecircuits.plots import comparison_figure
 
 
 def test_pcc_is_numpy_corrcoef_over_pooled_cells():

@@ -8,22 +8,23 @@ import math
 import pytest
 from conftest import random_batch, random_dictionaries, tiny_model
 
-from featurecircuits.circuit import METRIC_NODE, Circuit, discover, parse_node_id
+from featurecircuits.circuit import Circuit, discover
 from featurecircuits.cli import main
 from featurecircuits.export import (
     LINK_FIELDS,
     METADATA_FIELDS,
     NODE_FIELDS,
     QPARAMS_FIELDS,
-    attribution_graph,
     dictionaries_spec,
     example_circuit,
     load_example,
     read_scores,
     task_spec,
+    to_attribution_graph,
     write_graph_files,
 )
 from featurecircuits.models import ORGANISM_DIR, load_model
+from featurecircuits.nodes import METRIC_NODE, parse_node_id
 
 
 def _check_fields(obj: dict, fields: dict, where: str) -> None:
@@ -83,7 +84,7 @@ def _positional_circuit():
 
 def _export(c: Circuit, batch, model) -> dict:
     ids = batch.clean[0].tolist()
-    return attribution_graph(
+    return to_attribution_graph(
         c, rows=[s.name for s in model.submodules], prompt="<b>a & b</b>", prompt_ids=ids,
         prompt_tokens=[f"t{i}" for i in ids], clean_answer=(int(batch.clean_answer[0]), "x"),
         patch_answer=(int(batch.patch_answer[0]), "y"), slug="tiny", scan="tiny")
@@ -192,7 +193,10 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     for record in ({"name": "sva-rc", "generator": "sva-rc", "n": 8, "seed": 0, "words": "organism"},
                    {"name": "sva-rc", "n": 8, "seed": 0}, "sva-rc"):
         assert load_example(task_spec({"task": record}), model, 3) == example
-    assert dictionaries_spec({"model": "organism", "dictionary_sizes": {"resid_0": 1024}}) == "organism"
+    # the dictionaries are the recorded spec, never a guess from the model's name
+    assert dictionaries_spec({"model": "organism", "dictionary_sizes": {"resid_0": 1024}}) is None
+    assert dictionaries_spec({"model": "organism", "dictionaries": "organism"}) == "organism"
+    assert dictionaries_spec({"model": "organism", "dictionary_sizes": {}}) == "none"
     meta = json.loads(circuit.read_text())
     meta["metadata"]["task"] = {"name": "sva-rc", "n": 8, "seed": 0}
     circuit.write_text(json.dumps(meta))

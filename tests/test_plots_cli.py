@@ -8,10 +8,11 @@ import re
 import pytest
 from conftest import random_batch, random_dictionaries, tiny_model
 
-from featurecircuits.circuit import METRIC_NODE, Circuit, discover, parse_node_id
+from featurecircuits.circuit import Circuit, discover
 from featurecircuits.cli import main
 from featurecircuits.evaluation import faithfulness_curve
 from featurecircuits.models import ORGANISM_DIR
+from featurecircuits.nodes import METRIC_NODE, parse_node_id
 from featurecircuits.plots import circuit_figure, circuits_page, curve_figure, submodule_rows, write_html
 
 _SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S | re.I)

@@ -79,7 +79,7 @@ def test_discover_uses_the_sparse_path_and_finds_the_dense_circuit():
     batch = random_batch(n=3)
     circuit = fc.discover(model, dicts, [batch], top_k=25, edge_threshold=0.0)
     ref = fc.attribute(model, batch, method="relp", dictionaries=dicts)
-    assert set(circuit.nodes) == {fc.circuit.node_id(n) for n in top_nodes(ref, 25)}
+    assert set(circuit.nodes) == {fc.nodes.node_id(n) for n in top_nodes(ref, 25)}
 
 
 @pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "gated"])

@@ -175,9 +175,10 @@ def test_z_edges_follow_the_topology_and_equal_the_derivative():
 
 
 def test_a_circuit_with_z_nodes_is_found_evaluated_plotted_and_exported(tmp_path):
-    from featurecircuits.circuit import discover, parse_node_id
+    from featurecircuits.circuit import discover
     from featurecircuits.evaluation import evaluate
     from featurecircuits.export import export_rows
+    from featurecircuits.nodes import parse_node_id
     from featurecircuits.plots import circuit_figure, submodule_rows
 
     model = tiny_model("gpt_neox")

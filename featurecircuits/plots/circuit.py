@@ -1,4 +1,4 @@
-"""Interactive, self-contained HTML pictures (plotly.js inlined once per page, works offline).
+"""The circuit figure and the page of several circuits.
 
 A circuit is drawn for reading: one row per submodule in execution order (``embed``, then per layer
 ``attn_l``, ``mlp_l``, ``resid_l`` — resid_l above attn_l/mlp_l, since they add into it), with positions
@@ -14,21 +14,21 @@ renders hover text, labels and titles as HTML.
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .circuit import METRIC_NODE, Circuit, parse_node_id
-from .fileio import atomic_write_text
+from ..circuit import Circuit
+from ..nodes import METRIC_NODE, execution_order
+from .curve import curve_figure
+from .page import Section, write_page
+from .page import esc as _esc
+from .palette import NEGATIVE as _NEG
+from .palette import POSITIVE as _POS
+from .palette import SCORE_COLORSCALE as _COLORSCALE
 
-_POS, _NEG = "#c0392b", "#2e6fba"
-_COLORSCALE = [[0, _NEG], [0.5, "#f2f2f2"], [1, _POS]]
-_KIND_RANK = {"embed": 0, "z": 1, "attn": 2, "mlp": 3, "resid": 4}
 _SYMBOLS = {"feature": "circle", "error": "triangle-up", "component": "square", "metric": "diamond"}
 # edge width buckets by |weight| / weight_scale: (upper bound, line width, opacity)
 _EDGE_BUCKETS = ((0.1, 0.6, 0.25), (0.3, 1.2, 0.4), (0.6, 2.2, 0.6), (math.inf, 3.5, 0.8))
@@ -36,19 +36,10 @@ _DEFAULT_EDGES_SHOWN = 300
 _MAX_PER_LINE = 40  # nodes side by side in one row (summed) or one cell (positions kept) before wrapping
 
 
-def _esc(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
 # -- layout -------------------------------------------------------------------------------------------
 
 def _sub_of(circuit: Circuit, node: str) -> str:
-    return circuit.graph.nodes[node].get("submodule") or parse_node_id(node)[0]
-
-
-def _row_key(sub: str) -> tuple[int, int]:
-    kind, _, layer = sub.partition("_")
-    return (int(layer) if layer.isdigit() else -1, _KIND_RANK.get(kind, 5))
+    return circuit.ref(node).submodule
 
 
 def submodule_rows(circuit: Circuit) -> list[str]:
@@ -56,23 +47,15 @@ def submodule_rows(circuit: Circuit) -> list[str]:
 
     Rows of every submodule the circuit was scored on (metadata ``submodules``) are kept even when empty,
     so that circuits of one model line up."""
-    subs = {_sub_of(circuit, n) for n in circuit.nodes} | set(circuit.metadata.get("submodules") or [])
-    return sorted(subs, key=_row_key)
+    return execution_order({_sub_of(circuit, n) for n in circuit.nodes} | set(circuit.metadata.get("submodules") or []))
 
 
 def _kind(circuit: Circuit, node: str) -> str:
-    if node == METRIC_NODE:
-        return "metric"
-    kind = circuit.graph.nodes[node].get("kind")
-    if kind in _SYMBOLS:
-        return kind
-    _, part, feat, _ = parse_node_id(node)
-    return "error" if part == "err" else "feature" if feat is not None else "component"
+    return "metric" if node == METRIC_NODE else circuit.ref(node).kind
 
 
 def _position(circuit: Circuit, node: str):
-    pos = circuit.graph.nodes[node].get("position")
-    return pos if pos is not None else parse_node_id(node)[3]
+    return circuit.ref(node).position
 
 
 def _lines(names: list[str], span: dict[str, float], width: float) -> list[list[str]]:
@@ -174,8 +157,7 @@ def _label(circuit: Circuit, node: str, summed: bool) -> str:
         return "ε"
     if kind == "component":
         return _esc(_sub_of(circuit, node))
-    feat = parse_node_id(node)[2]
-    text = f"f{feat}"
+    text = f"f{circuit.ref(node).feature}"
     contexts = circuit.graph.nodes[node].get("top_contexts") or []
     if summed and contexts:  # the token the feature fires most on, as in "f812 ‹keys›"
         first = str(contexts[0])
@@ -348,188 +330,6 @@ def _circuit_layout(circuit, rows, n_pos, centers, tokens, example, title) -> di
                "range": [-0.7, n_rows - 0.3], "showgrid": True, "gridcolor": "#f0f0f0", "zeroline": False,
                "fixedrange": False},
         legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}})
-
-
-def curve_figure(curve, *, title: str = "Faithfulness vs circuit size") -> go.Figure:
-    """Faithfulness (solid) and completeness (dotted) against the number of nodes, one colour per method;
-    the random-circuit baseline dashed."""
-    palette = ["#c0392b", "#2e6fba", "#27ae60", "#8e44ad", "#e67e22"]
-    fig = go.Figure()
-    for i, method in enumerate(curve.methods()):
-        pts = [p for p in curve.series(method) if p.n_nodes > 0]
-        color = palette[i % len(palette)]
-        x = [p.n_nodes for p in pts]
-        fig.add_trace(go.Scatter(x=x, y=[p.faithfulness for p in pts], mode="lines+markers",
-                                 name=f"{_esc(method)} faithfulness", line={"color": color}))
-        fig.add_trace(go.Scatter(x=x, y=[p.completeness for p in pts], mode="lines",
-                                 name=f"{_esc(method)} completeness", line={"color": color, "dash": "dot"}))
-        if any(p.random_faithfulness is not None for p in pts):
-            fig.add_trace(go.Scatter(x=x, y=[p.random_faithfulness for p in pts], mode="lines",
-                                     name=f"random ({_esc(method)} sizes)",
-                                     line={"color": color, "dash": "dash", "width": 1}, opacity=0.6))
-    fig.update_layout(title=_esc(title), template="plotly_white", xaxis={"type": "log", "title": "nodes"},
-                      yaxis={"title": "fraction of the model's metric"}, height=520)
-    return fig
-
-
-# -- pages --------------------------------------------------------------------------------------------
-
-@dataclass
-class Section:
-    """One figure of a page: a tab titled ``title`` (plain text, escaped when written)."""
-
-    title: str
-    figure: go.Figure
-    note: str = ""  # plain text shown above the figure
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#222}
-header{padding:10px 18px;background:#f7f7f7;border-bottom:1px solid #ddd}
-header h1{font-size:18px;margin:0 0 6px 0}
-nav button{font-size:13px;margin:2px 4px 2px 0;padding:4px 10px;border:1px solid #bbb;background:#fff;
- border-radius:4px;cursor:pointer}
-nav button.on{background:#2e6fba;color:#fff;border-color:#2e6fba}
-section{display:none;padding:6px 18px}
-section.on{display:block}
-.note{font-size:13px;color:#444;margin:4px 0}
-.controls{font-size:13px;margin:6px 0;display:flex;gap:14px;align-items:center;flex-wrap:wrap}
-.controls input[type=range]{width:320px}
-.wrap{position:relative;overflow-x:auto}
-.plot{min-width:1100px}
-.panel{position:absolute;right:8px;top:60px;z-index:10;width:320px;font-size:12px;border:1px solid #bbb;
- border-radius:4px;padding:8px;display:none;max-height:75vh;overflow:auto;background:rgba(252,252,252,0.96);
- box-shadow:0 2px 8px rgba(0,0,0,0.15)}
-.panel table{border-collapse:collapse;width:100%}
-.panel td{padding:1px 4px;border-bottom:1px solid #eee}
-.help{font-size:12px;color:#666}
-"""
-
-# Wires a circuit figure: the edge slider (strongest k edges), a click on a node shows only its edges and
-# a panel with its details; everything reads the figure's layout.meta.featurecircuits.
-_JS = r"""
-const FC_ENT = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'};
-function fcEsc(s){ return String(s).replace(/[&<>"']/g, c => FC_ENT[c]); }
-function fcWire(div, sec){
-  const fc = (div.layout.meta || {}).featurecircuits; if(!fc) return;
-  const nb = fc.buckets.length, E = fc.edges, ids = fc.ids;
-  const slider = sec.querySelector('.edges'), label = sec.querySelector('.edgelabel');
-  const panel = sec.querySelector('.panel'), reset = sec.querySelector('.reset');
-  let k = fc.shown, sel = null, dimmed = false;
-  slider.max = E.length; slider.value = k;
-  function bucket(w){
-    const r = Math.abs(w) / fc.weight_scale;
-    for(let i = 0; i < nb; i++){ if(r < fc.buckets[i]) return i; }
-    return nb - 1;
-  }
-  function redraw(labelOnly){
-    const xs=[], ys=[]; for(let b=0;b<2*nb;b++){xs.push([]); ys.push([]);}
-    let n=0;
-    for(let i=0;i<E.length;i++){
-      const e=E[i];
-      if(sel===null ? i>=k : (e[0]!==sel && e[1]!==sel)) continue;
-      const b=(e[2]>=0?0:nb)+bucket(e[2]);
-      xs[b].push(fc.x[e[0]], fc.x[e[1]], null); ys[b].push(fc.y[e[0]], fc.y[e[1]], null); n++;
-    }
-    if(!labelOnly) Plotly.restyle(div, {x: xs, y: ys}, fc.edge_traces);
-    let op = null;
-    if(sel!==null){
-      const near = new Set([sel]); for(const e of E){ if(e[0]===sel) near.add(e[1]); if(e[1]===sel) near.add(e[0]); }
-      op = ids.map((_, i) => near.has(i) ? 1 : 0.15);
-    }
-    if(!labelOnly && (op !== null || dimmed))
-      Plotly.restyle(div, {'marker.opacity': [op===null ? 1 : op]}, [fc.node_trace]);
-    dimmed = op !== null;
-    const t = k>0 && k<=E.length ? Math.abs(E[k-1][2]) : 0;
-    label.textContent = sel===null
-      ? `showing the ${k} strongest of ${E.length} edges` + (k>0 ? ` (|weight| ≥ ${t.toPrecision(3)})` : '')
-      : `showing the ${n} edges of ${ids[sel]} (click another node, or "show all")`;
-  }
-  function showPanel(i){
-    const rows = E.filter(e => e[0]===i || e[1]===i).slice(0, 40).map(e =>
-      `<tr><td>${e[0]===i ? '→ ' + fcEsc(ids[e[1]]) : '← ' + fcEsc(ids[e[0]])}</td>` +
-      `<td>${e[2].toPrecision(3)}</td></tr>`);
-    const hover = div.data[fc.node_trace].hovertext[i];
-    panel.innerHTML = `<div>${hover}</div><p><b>edges</b> (strongest first)</p><table>${rows.join('')}</table>`;
-    panel.style.display = 'block';
-  }
-  slider.addEventListener('input', () => { k = +slider.value; sel = null; panel.style.display='none'; redraw(); });
-  reset.addEventListener('click', () => { sel = null; panel.style.display='none'; redraw(); });
-  div.on('plotly_click', ev => {
-    const p = ev.points[0]; if(p.curveNumber !== fc.node_trace) return;
-    sel = p.pointNumber; showPanel(sel); redraw();
-    history.replaceState(null, '', '#tab=' + sec.dataset.index + '&node=' + encodeURIComponent(ids[sel]));
-  });
-  const m = location.hash.match(/node=([^&]+)/);  // a shared link can select a node
-  const start = m ? ids.indexOf(decodeURIComponent(m[1])) : -1;
-  if(start >= 0){ sel = start; showPanel(sel); redraw(); }
-  else redraw(true);  // the figure already shows the strongest edges: only the label to fill in
-}
-function fcShow(i){
-  document.querySelectorAll('nav button').forEach((b, j) => b.classList.toggle('on', i===j));
-  document.querySelectorAll('section').forEach((s, j) => s.classList.toggle('on', i===j));
-  if(!new RegExp('tab=' + i + '(&|$)').test(location.hash)) history.replaceState(null, '', '#tab=' + i);
-  const sec = document.querySelectorAll('section')[i], div = sec.querySelector('.plot');
-  if(!div.dataset.drawn){
-    const fig = FC_FIGURES[i], t0 = performance.now();
-    Plotly.newPlot(div, fig.data, fig.layout, {responsive: true, displaylogo: false}).then(() => {
-      div.dataset.drawn = '1'; fcWire(div, sec);
-      div.dataset.plotMs = Math.round(performance.now() - t0);  // measured by tests and benchmarks
-      if(!document.body.dataset.paintMs) document.body.dataset.paintMs = Math.round(performance.now());
-    });
-  } else { Plotly.Plots.resize(div); }
-}
-fcShow(Math.min(FC_FIGURES.length - 1, +(location.hash.match(/tab=(\d+)/) || [0, 0])[1]));
-"""
-
-
-def _script_json(obj) -> str:
-    """JSON that is safe inside a <script> element (no '</' can close it)."""
-    return json.dumps(obj).replace("</", "<\\/").replace("<!--", "<\\!--")
-
-
-def page_html(sections: Sequence[Section], *, title: str = "featurecircuits") -> str:
-    """One self-contained page: plotly.js inlined once, one tab per section."""
-    from plotly.offline import get_plotlyjs
-
-    figures = [json.loads(s.figure.to_json()) for s in sections]
-    tabs = "".join(f"<button onclick='fcShow({i})'>{_esc(s.title)}</button>" for i, s in enumerate(sections))
-    body = []
-    for s, fig in zip(sections, figures, strict=True):
-        interactive = "featurecircuits" in (fig.get("layout", {}).get("meta") or {})
-        controls = ("<div class='controls'><label>edges <input type='range' class='edges' min='0' step='1'>"
-                    "</label><span class='edgelabel'></span><button class='reset'>show all</button>"
-                    "<span class='help'>click a node: only its edges, and its details on the right</span></div>"
-                    if interactive else "")
-        note = f"<div class='note'>{_esc(s.note)}</div>" if s.note else ""
-        body.append(f"<section data-index='{len(body)}'>{note}{controls}<div class='wrap'><div class='plot'></div>"
-                    f"<div class='panel'></div></div></section>")
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{_esc(title)}</title><style>{_CSS}</style>\n"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>"
-        f"<header><h1>{_esc(title)}</h1><nav>{tabs}</nav></header>{''.join(body)}\n"
-        f"<script type='text/javascript'>const FC_FIGURES = {_script_json(figures)};\n{_JS}</script>"
-        "</body></html>\n"
-    )
-
-
-def write_page(sections: Sequence[Section], path: str | Path, *, title: str = "featurecircuits") -> Path:
-    """Write one self-contained page holding several figures (tabs), atomically."""
-    if not sections:
-        raise ValueError("a page needs at least one figure")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, page_html(sections, title=title))
-    return path
-
-
-def write_html(fig: go.Figure, path: str | Path, *, title: str | None = None) -> Path:
-    """One figure as a self-contained page (plotly.js inlined, no script from the network)."""
-    if title is None:
-        text = fig.layout.title.text or "featurecircuits"
-        title = html.unescape(text.split("<br>")[0])
-    return write_page([Section(title, fig)], path, title=title)
 
 
 def circuits_page(circuits: dict[str, Circuit], path: str | Path, *, curves: dict | None = None,

@@ -8,7 +8,8 @@ edge weights come from scoring that one example with the circuit's method.
 
 The file (``DIR/<slug>.json``) holds
 
-- ``metadata``: ``slug``, ``scan`` (the model), ``transcoder_list`` (dictionary sources),
+- ``metadata``: ``slug``, ``scan`` (the model), ``transcoder_list`` (one line per dictionary: submodule, format,
+  file or release name, hash of its weights),
   ``prompt_tokens``, ``prompt``, ``node_threshold``, ``schema_version``, ``info`` (who generated it) and a
   ``featurecircuits`` block (method, direction, answers, the layer and feature encodings below, …);
 - ``qParams``: the viewer's saved state (nothing pinned);
@@ -40,20 +41,20 @@ circuits); token nodes link to the embed row's nodes at their position with weig
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import logging
 import math
 import re
 from pathlib import Path
 
-from .circuit import METRIC_NODE, Circuit, parse_node_id
-from .fileio import atomic_write_text
+from ..circuit import Circuit
+from ..fileio import atomic_write_text
+from ..nodes import METRIC_NODE, NodeRef
+from .example import example_circuit, load_example
+from .provenance import circuit_dictionaries, circuit_model, dictionary_records, task_spec
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("attribution-graph",)
 SCHEMA_VERSION = 1
 # The fields the viewer reads, with their JSON types (see tests/test_export.py for the schema check).
 METADATA_FIELDS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str}
@@ -63,152 +64,6 @@ NODE_FIELDS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "fe
                "reverse_ctx_idx": int}
 LINK_FIELDS = {"source": str, "target": str, "weight": float}
 
-
-# -- what the circuit's metadata says ----------------------------------------------------------------
-
-def task_spec(meta: dict) -> dict:
-    """The circuit metadata's ``task`` as a dict: ``name`` (or ``generator``), ``n``, ``seed``, ``words``,
-    ``file`` (or ``path``)."""
-    task = meta.get("task")
-    if isinstance(task, str):
-        return {"file": task} if Path(task).suffix == ".jsonl" else {"name": task}
-    return dict(task) if isinstance(task, dict) else {}
-
-
-def _spec_from_sources(sources: dict) -> str | None:
-    """A ``load_dictionaries`` spec from per-submodule source records (``{"resid_3": {"format": ...,
-    "path": ...}}``): their common folder, with its format prefix where it is not dictionary_learning."""
-    import os
-
-    records = [r for r in sources.values() if isinstance(r, dict) and r.get("path")]
-    formats = {r.get("format") for r in records}
-    if not records or len(formats) != 1:
-        return None
-    (fmt,) = formats
-    if fmt == "neurons":
-        return "neurons"
-    paths = [r["path"] for r in records]
-    root = os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent.parent)
-    if not Path(root).is_dir():
-        return None
-    return root if fmt == "dictionary_learning" else f"{fmt}:{root}"
-
-
-def dictionaries_spec(meta: dict) -> str | None:
-    """What to pass to ``load_dictionaries`` for the circuit, from its metadata: ``dictionaries`` (a spec),
-    or ``dictionary_sources`` (a spec string, a dict with ``spec``/``root``, or per-submodule records with
-    ``format`` and ``path``); ``organism`` for the organism; None when unknown."""
-    for key in ("dictionaries", "dictionary_sources"):
-        value = meta.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, dict):
-            for sub in ("spec", "root"):
-                if isinstance(value.get(sub), str):
-                    return value[sub]
-            if meta.get("model") != "organism" and (spec := _spec_from_sources(value)):
-                return spec
-    if not meta.get("dictionary_sizes"):
-        return "none" if "dictionary_sizes" in meta else None
-    return "organism" if meta.get("model") == "organism" else None
-
-
-def _transcoder_list(meta: dict, dictionaries: str | None) -> list[str]:
-    sources = meta.get("dictionary_sources")
-    if isinstance(sources, dict):
-        return [f"{k}: {v if isinstance(v, str) else json.dumps(v, sort_keys=True)}" for k, v in sources.items()]
-    if isinstance(sources, list):
-        return [str(s) for s in sources]
-    return [str(dictionaries)] if dictionaries and dictionaries != "none" else []
-
-
-def load_example(task: dict | str, model, index: int):
-    """The ``index``-th example (file order) of a task given as a JSONL file or a generator spec."""
-    from .tasks import load_task, make_task
-
-    spec = task_spec({"task": task}) if isinstance(task, str) else dict(task)
-    path = spec.get("file") or spec.get("path")
-    if path and Path(path).is_file():
-        examples = load_task(path, model.tokenizer).examples
-    else:
-        name = spec.get("name") or spec.get("generator")
-        if not name:
-            raise ValueError("the circuit's metadata names no task; pass --task (a JSONL file or a task name)")
-        words = spec.get("words") or ("organism" if model.name == "organism" else "pythia")
-        examples = make_task(name, int(spec.get("n") or max(100, index + 1)), seed=int(spec.get("seed") or 0),
-                             words=words, tokenizer=model.tokenizer)
-    if not 0 <= index < len(examples):
-        raise ValueError(f"example {index} does not exist: the task has {len(examples)} examples (0 to "
-                         f"{len(examples) - 1})")
-    return examples[index]
-
-
-# -- scoring one example ------------------------------------------------------------------------------
-
-def _discover_options(meta: dict) -> dict:
-    """The circuit's method settings, as keyword arguments of this featurecircuits' ``discover``."""
-    from . import circuit as circuit_module
-
-    params = inspect.signature(circuit_module.discover).parameters
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    method = meta.get("method") or config.get("method") or "relp"
-    if "config" in params and config:
-        from . import AttributionConfig
-
-        if hasattr(AttributionConfig, "from_dict"):
-            return {"config": AttributionConfig.from_dict(config)}
-        names = {f.name for f in dataclasses.fields(AttributionConfig)}
-        return {"config": AttributionConfig(**{k: v for k, v in config.items() if k in names})}
-    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    opts = {"method": method} if "method" in params or takes_options else {}
-    for key in ("direction", "ig_steps"):
-        if (key in params or takes_options) and meta.get(key) is not None:
-            opts[key] = meta[key]
-    if "lrp" in params and isinstance(meta.get("lrp"), dict) and method == "relp":
-        from . import LRPConfig
-
-        names = {f.name for f in dataclasses.fields(LRPConfig)}
-        opts["lrp"] = LRPConfig(**{k: v for k, v in meta["lrp"].items() if k in names})
-    return opts
-
-
-def _key(node: str, positional: bool):
-    sub, part, feat, pos = parse_node_id(node)
-    return (sub, part, feat, pos) if positional else (sub, part, feat)
-
-
-def example_circuit(model, dictionaries, circuit: Circuit, batch, *, edge_threshold: float | None = None) -> Circuit:
-    """The circuit's nodes on one example (a one-example Batch), positions kept, with scores and the
-    edges among them with |weight| ≥ ``edge_threshold`` (default the circuit's; 0 keeps every edge),
-    scored with the circuit's method.
-
-    ``discover`` cannot be told which nodes to keep, so the example is scored twice with it: once
-    without edges, to rank every node that scores non-zero, then with edges for the top k, k just large
-    enough to hold every node that matches the circuit (its submodule and feature, and its position
-    when the circuit keeps positions). Edge weights do not depend on which other nodes are selected, so
-    this gives exactly the edges among the circuit's nodes. Nodes that score zero on the example are
-    left out."""
-    from .circuit import discover
-
-    meta = circuit.metadata
-    positional = meta.get("aggregation") == "none" and batch.n_tokens in (meta.get("token_lengths") or [])
-    wanted = {_key(n, positional) for n in circuit.nodes}
-    if edge_threshold is None:
-        edge_threshold = float(meta.get("edge_threshold") or 0.0)
-    opts = dict(_discover_options(meta), aggregation="none", node_threshold=0.0, edge_threshold=edge_threshold)
-    if "n_examples" in inspect.signature(discover).parameters:
-        opts["n_examples"] = None
-    everything = discover(model, dictionaries, [batch], top_k=10**12, edges=False, **opts)
-    ranked = everything.top(len(everything))  # the order discover's top_k uses
-    last = max((i for i, n in enumerate(ranked) if _key(n, positional) in wanted), default=-1)
-    if last < 0:
-        raise ValueError("none of the circuit's nodes scores non-zero on this example")
-    scored = discover(model, dictionaries, [batch], top_k=last + 1, edges=True, **opts)
-    keep = [n for n in scored.nodes if _key(n, positional) in wanted]
-    return Circuit(scored.graph.subgraph([*keep, METRIC_NODE]).copy(), dict(scored.metadata))
-
-
-# -- the format ---------------------------------------------------------------------------------------
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "circuit"
@@ -224,11 +79,11 @@ def _token_text(tokenizer, token_id: int) -> str:
 def export_rows(model, circuit: Circuit) -> list[str]:
     """Submodule rows in execution order: the default set, plus the ``z_l`` the circuit was scored on or has
     nodes in (from the circuit, not one example's graph, so that every export of a circuit numbers alike)."""
-    used = {parse_node_id(n)[0] for n in circuit.nodes} | set(circuit.metadata.get("submodules") or [])
+    used = {circuit.ref(n).submodule for n in circuit.nodes} | set(circuit.metadata.get("submodules") or [])
     return [s.name for s in model.all_submodules if s.kind != "z" or s.name in used]
 
 
-def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_ids: list[int],
+def to_attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_ids: list[int],
                       prompt_tokens: list[str], clean_answer: tuple[int, str], patch_answer: tuple[int, str],
                       slug: str, scan: str, transcoder_list: list[str] | None = None,
                       token_prob: float = 0.0, circuit_scores: dict[str, float] | None = None,
@@ -261,7 +116,7 @@ def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_id
     for pos, (tid, tok) in enumerate(zip(prompt_ids, prompt_tokens, strict=True)):
         add(None, f"E_{tid}_{pos}", feature=pos, layer="E", ctx=pos, ftype="embedding", clerp=tok)
     for n in graph.nodes:
-        add(n, **_circuit_node(graph, n, row[parse_node_id(n)[0]], stride, prompt_tokens),
+        add(n, **_circuit_node(graph, n, row[graph.ref(n).submodule], stride, prompt_tokens),
             fc_circuit_score=(circuit_scores or {}).get(n))
     metric = graph.graph.nodes[METRIC_NODE]
     (cid, ctext), (pid, ptext) = clean_answer, patch_answer
@@ -281,7 +136,7 @@ def attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt_id
 
 def _circuit_node(graph: Circuit, n: str, layer: int, stride: int, prompt_tokens: list[str]) -> dict:
     """The exported fields of one circuit node (an error term, a component or a feature)."""
-    sub, part, feat, pos = parse_node_id(n)
+    sub, part, feat, pos = graph.ref(n)
     if pos is None:
         raise ValueError(f"node {n!r} has no position: export a circuit scored with aggregation 'none'")
     a = graph.graph.nodes[n]
@@ -302,7 +157,7 @@ def _links(graph: Circuit, ids: dict[str, str], row: dict[str, int], prompt_ids:
     """The circuit's edges, plus each token feeding the embed row's nodes at its position (weight = score)."""
     links = [{"source": ids[u], "target": ids[v], "weight": float(w)} for u, v, w in graph.graph.edges(data="weight")]
     for n in graph.nodes:
-        sub, _, _, pos = parse_node_id(n)
+        sub, _, _, pos = graph.ref(n)
         if row[sub] == 0:
             links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n], "weight": float(graph.score(n))})
     for link in links:
@@ -322,11 +177,17 @@ def _graph_metadata(graph: Circuit, rows, *, slug, scan, prompt, prompt_tokens, 
         "clean_answer_id": int(cid), "patch_answer_id": int(pid), "metric_base": meta.get("metric_base"),
         "metric_source": meta.get("metric_source"), "layer_rows": {str(i): r for i, r in enumerate(rows)},
         "logit_layer": len(rows), "feature_stride": stride, "n_nodes": len(graph), "n_edges": graph.n_edges,
+        "dictionaries": meta.get("dictionaries"), "dictionary_records": dictionary_records(meta),
     }
     return {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
             "prompt_tokens": list(prompt_tokens), "prompt": prompt, "node_threshold": meta.get("node_threshold"),
             "schema_version": SCHEMA_VERSION, "info": info or {"generator": {"name": "featurecircuits"}},
             "featurecircuits": fc_meta}
+
+
+def _transcoder_list(meta: dict) -> list[str]:
+    """One plain line per dictionary: submodule, format, file or release name, hash of its weights."""
+    return [f"{r['submodule']}: {r['format']} {r['name']} (weights {r['hash']})" for r in dictionary_records(meta)]
 
 
 def read_scores(data: dict) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
@@ -359,42 +220,22 @@ def write_graph_files(data: dict, out: str | Path) -> Path:
     return path
 
 
-def _model_and_dictionaries(circuit: Circuit, model, dictionaries):
-    """(model, dictionaries, their spec) from the arguments or, where not given, the circuit's metadata."""
-    from .models import load_model
-
-    meta = circuit.metadata
-    if model is None or isinstance(model, str):
-        spec = model or meta.get("model")
-        if not spec:
-            raise ValueError("the circuit's metadata names no model; pass --model")
-        model = load_model(spec)
-    circuit.check_model(model)
-    if not isinstance(dictionaries, str):
-        return model, dictionaries, meta.get("dictionaries") or "given"
-    spec = dictionaries_spec(meta) if dictionaries == "auto" else dictionaries
-    if spec is None:
-        raise ValueError("the circuit's metadata does not say which dictionaries it used; pass --dictionaries")
-    from .dictionaries import load_dictionaries
-
-    return model, (None if spec == "none" else load_dictionaries(spec, model)), spec
-
-
 def _with_circuit_texts(data: dict, circuit: Circuit) -> None:
     """Each exported node gets the circuit's score of its (summed) node and the contexts the circuit saw."""
     summed = circuit.metadata.get("aggregation") != "none"
     for node in data["nodes"]:
         if node.get("fc_id") in (None, METRIC_NODE):
             continue
-        sub, part, feat, pos = parse_node_id(node["fc_id"])
+        ref = NodeRef.parse(node["fc_id"])
+        feat = ref.feature
         if summed:  # the circuit's node is summed over positions
-            base = f"{sub}/err" if part == "err" else f"{sub}/f{feat}" if feat is not None else sub
+            base = ref.summed().id
             node["fc_circuit_score"] = circuit.score(base) if base in circuit.graph else None
         else:
             base = node["fc_id"]
         contexts = circuit.graph.nodes[base].get("top_contexts") if base in circuit.graph else None
         if feat is not None and contexts:
-            node["clerp"] = f"{sub}/f{feat}: fires on {contexts[0]}"
+            node["clerp"] = f"{ref.submodule}/f{feat}: fires on {contexts[0]}"
 
 
 def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int = 0, model=None,
@@ -408,10 +249,11 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     ``edge_threshold``: keep edges with |weight| ≥ this on the example (default the circuit's)."""
     import torch
 
-    from .data import make_batch
+    from ..data import make_batch
 
     meta = circuit.metadata
-    model, dictionaries, dict_spec = _model_and_dictionaries(circuit, model, dictionaries)
+    model = circuit_model(circuit, model)
+    dictionaries, _ = circuit_dictionaries(circuit, model, dictionaries)
     spec = task if task is not None else task_spec(meta)
     ex = load_example(spec, model, example)
     tok = model.tokenizer
@@ -423,15 +265,15 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     prob = float(torch.softmax(logits, -1)[int(batch.clean_answer[0])])
     task_name = (spec.get("name") or spec.get("generator") or Path(str(spec.get("file") or
                  spec.get("path") or "task")).stem) if isinstance(spec, dict) else Path(str(spec)).stem
-    from . import __version__
+    from .. import __version__
 
-    data = attribution_graph(
+    data = to_attribution_graph(
         graph, rows=export_rows(model, circuit), prompt=ex["clean_prefix"], prompt_ids=ids,
         prompt_tokens=[_token_text(tok, i) for i in ids],
         clean_answer=(int(batch.clean_answer[0]), ex["clean_answer"]),
         patch_answer=(int(batch.patch_answer[0]), ex["patch_answer"]),
         slug=slug or _slug(f"{model.name}-{task_name}-{graph.metadata.get('method', '')}-ex{example}"),
-        scan=str(meta.get("model") or model.name), transcoder_list=_transcoder_list(meta, dict_spec),
+        scan=str(meta.get("model") or model.name), transcoder_list=_transcoder_list(meta),
         token_prob=prob, circuit_scores={n: circuit.score(n) for n in circuit.nodes},
         info={"generator": {"name": "featurecircuits", "version": __version__},
               "creator_name": "featurecircuits export", "example": example, "task": spec,
