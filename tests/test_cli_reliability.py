@@ -69,10 +69,12 @@ def test_version(capsys):
 
 
 def test_unexpected_errors_exit_1_with_a_hint_and_debug_prints_the_traceback(monkeypatch, tmp_path, capsys):
-    def boom(args):
+    import featurecircuits.cli.tasks as tasks_command
+
+    def boom(request):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(cli, "cmd_tasks_make", boom)
+    monkeypatch.setattr(tasks_command, "run_make", boom)
     argv = ["tasks", "make", "ioi", "--out", str(tmp_path / "t.jsonl")]
     assert main(argv) == 1
     err = capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""``featurecircuits curve``: faithfulness vs circuit size for several methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import METHODS
+from . import inputs, runs
+from .guards import check_outputs, input_paths
+from .options import (
+    AblationOptions,
+    AttributionOptions,
+    ModelOptions,
+    RunOptions,
+    TaskOptions,
+    add_ablation,
+    add_attribution,
+    add_kinds,
+    add_model,
+    add_resumable,
+    add_task,
+    from_args,
+    methods,
+    thresholds_list,
+)
+
+NAME = "curve"
+HELP = "faithfulness vs circuit size for several methods"
+
+
+def add_arguments(p) -> None:
+    add_model(p)
+    add_task(p)
+    add_ablation(p)
+    p.add_argument("--methods", type=methods, default="relp,ig,atp",
+                   help=f"comma-separated methods ({', '.join(METHODS)})")
+    p.add_argument("--thresholds", type=thresholds_list,
+                   help="comma-separated; default logspace(-4, 0, 15) × the largest score")
+    p.add_argument("--absolute", action="store_true", help="thresholds are absolute scores")
+    add_kinds(p)
+    add_attribution(p, method=False)
+    p.add_argument("--out", required=True, help="curve JSON file")
+    p.add_argument("--html", help="also write the plot here")
+    add_resumable(p)
+
+
+@dataclass(frozen=True)
+class Request:
+    model: ModelOptions
+    task: TaskOptions
+    ablation: AblationOptions
+    attribution: AttributionOptions
+    methods: list
+    thresholds: list | None
+    absolute: bool
+    kinds: tuple[str, ...] | None
+    out: str
+    html: str | None
+    run: RunOptions
+
+    @classmethod
+    def from_args(cls, args) -> Request:
+        return from_args(cls, args, model=from_args(ModelOptions, args), task=from_args(TaskOptions, args),
+                         ablation=from_args(AblationOptions, args),
+                         attribution=from_args(AttributionOptions, args, method=args.methods[0]),
+                         run=from_args(RunOptions, args))
+
+
+def run(req: Request) -> int:
+    import json
+
+    from ..evaluation import faithfulness_curve
+    from ..fileio import atomic_write_many
+    from ..plots import curve_figure
+    from ..report import table
+
+    reads = input_paths(task=req.task.task, model=req.model.model, dictionaries=req.model.dictionaries_spec)
+    check_outputs(reads, {"--out": req.out, "--html": req.html},
+                  {"--run-dir": (str(runs.run_folder(req.run, req.out)), [])})
+    loaded = inputs.file_task(req.task)
+    model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
+    task, n = inputs.task(req.task, model, loaded)
+    checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
+    curve = faithfulness_curve(model, dicts, task, methods=req.methods, attribution=req.attribution.config(),
+                               thresholds=req.thresholds, relative=not req.absolute, config=req.ablation.config(),
+                               n_examples=n, batch_size=req.task.batch_size, progress=True, checkpoint=checkpoint,
+                               submodules=inputs.kind_submodules(req.kinds, model, dicts))
+    rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
+             "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
+    print(table(rows, list(rows[0])))
+    files = {req.out: json.dumps(curve.to_dict(), indent=1)}
+    if req.html:
+        files[req.html] = inputs.page(curve_figure(curve))
+    atomic_write_many(files)
+    checkpoint.remove()
+    return 0

@@ -1,0 +1,104 @@
+"""The model, dictionaries and task a command runs on, from its request: task files are read and checked
+before the model loads; the rest loads with it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from ..registry import NO_DICTIONARIES, TASK_NAMES
+from .options import ModelOptions, TaskOptions
+
+
+def file_task(options: TaskOptions):
+    """A --task that is a file, loaded and checked against the task schema (no model needed); None for a name."""
+    from ..tasks import load_task
+
+    path = Path(options.task)
+    if path.is_dir():
+        raise UsageError(f"--task {path} is a directory; give a JSONL file or a task name ({', '.join(TASK_NAMES)})")
+    if path.is_file():
+        task = load_task(path)
+        if options.n_examples is not None and options.n_examples > len(task):
+            print(f"note: {path} holds {len(task)} pairs; --n-examples {options.n_examples} uses all {len(task)}",
+                  file=sys.stderr)
+        return task
+    if options.task in TASK_NAMES:
+        return None
+    raise UsageError(f"--task {options.task!r} is neither a file nor a task name; task names: "
+                     f"{', '.join(TASK_NAMES)}")
+
+
+def load(options: ModelOptions, *, start_layer: int | None = None, dictionaries: str | None = None):
+    """(model, dictionaries or None): ``dictionaries`` (a spec) overrides the options' set."""
+    from ..dictionaries import load_dictionaries
+    from ..models import load_model
+
+    model = load_model(options.model, **options.placement())
+    if start_layer is not None and start_layer >= model.n_layers:
+        raise UsageError(f"--start-layer {start_layer} is beyond the model's {model.n_layers} layers "
+                         f"(0 … {model.n_layers - 1})")
+    spec = dictionaries or options.dictionaries_spec
+    return model, (None if spec == NO_DICTIONARIES else load_dictionaries(spec, model))
+
+
+def task(options: TaskOptions, model, loaded=None):
+    """(task, number of examples to use): a file already loaded by :func:`file_task` (now checked against
+    the tokenizer), or a task name generated with the word lists that suit the model."""
+    from ..tasks import Task, make_task, n_distinct, validate
+    from ..words import words_for
+
+    if loaded is None:
+        loaded = file_task(options)  # None for a task name
+    if loaded is not None:
+        validate(loaded, model.tokenizer, source=str(options.task))
+        return loaded, options.n
+    words = words_for(model.tokenizer)
+    n = options.n
+    available = n_distinct(options.task, words, tokenizer=model.tokenizer)
+    if n > available:
+        if options.n_examples is not None:
+            raise UsageError(f"--n-examples {n}: task {options.task} has only {available} distinct pairs with the "
+                             f"{words} word lists; ask for at most {available}")
+        print(f"note: task {options.task} has {available} distinct pairs with the {words} word lists; using all "
+              f"{available}", file=sys.stderr)
+        n = available
+    generated = Task(options.task, make_task(options.task, n, seed=options.seed, words=words,
+                                             tokenizer=model.tokenizer),
+                     source={"generator": options.task, "n": n, "seed": options.seed, "words": words})
+    validate(generated, model.tokenizer, source=f"generated {options.task}")
+    return generated, n
+
+
+def kind_submodules(kinds, model, dicts) -> list[str] | None:
+    """The candidate submodules under --kinds (those with dictionaries, or all, of those kinds)."""
+    if kinds is None:
+        return None
+    names = [s.name for s in model.all_submodules if s.kind in kinds and (not dicts or s.name in dicts)]
+    if not names:
+        raise UsageError(f"--kinds {','.join(kinds)} leaves no submodule with a dictionary")
+    return names
+
+
+def check_features(where, circuit, dicts) -> None:
+    """Every feature node of ``circuit`` exists in the given dictionaries (else the ablation masks would index
+    past a dictionary's width)."""
+    for node in circuit.nodes:
+        ref = circuit.ref(node)
+        if ref.feature is None:
+            continue
+        if not dicts or ref.submodule not in dicts:
+            raise UsageError(f"{where}: node {node!r} is a feature of {ref.submodule}'s dictionary, but no dictionary "
+                             f"is given for {ref.submodule} (--dictionaries)")
+        if ref.feature >= dicts[ref.submodule].width:
+            raise UsageError(f"{where}: node {node!r}: feature {ref.feature} is beyond {ref.submodule}'s dictionary "
+                             f"width {dicts[ref.submodule].width}")
+
+
+def page(fig) -> str:
+    """A figure as a self-contained page (as ``plots.write_html`` writes it), for writing with its JSON."""
+    from ..plots import Section, figure_title, page_html
+
+    title = figure_title(fig)
+    return page_html([Section(title, fig)], title=title)
