@@ -1,6 +1,14 @@
-"""Tiny random models of every supported family, built from configs (offline, seconds)."""
+"""Tiny random models of every supported family, built from configs (offline, seconds), and the shipped
+organism for the tests that need a model with real circuits.
+
+Tests that need the organism are marked ``@pytest.mark.organism`` (or use the ``organism`` fixture): where
+it is missing they skip, except under ``CI`` (set by ``.ci/run``), where they fail — so that golden outputs
+can never vanish silently.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -97,3 +105,36 @@ def linear_gpt_neox(seed: int = 0) -> fc.Model:
 @pytest.fixture(params=FAMILY_NAMES)
 def family(request) -> str:
     return request.param
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped organism
+
+ORGANISM_BUILT = (fc.paths.ORGANISM_DIR / "config.json").exists()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "organism: needs the shipped organism (skips where it is missing, fails "
+                                       "under CI)")
+
+
+def _organism_missing():
+    message = f"the organism is not built ({fc.paths.ORGANISM_DIR})"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; under CI every test that needs it must run")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _organism_marker(request):
+    if request.node.get_closest_marker("organism") is not None and not ORGANISM_BUILT:
+        _organism_missing()
+
+
+@pytest.fixture(scope="session")
+def organism():
+    """(model, dictionaries) of the shipped organism, loaded once per session; tests must not change them."""
+    if not ORGANISM_BUILT:
+        _organism_missing()
+    model = fc.load_model("organism")
+    return model, fc.load_dictionaries("organism", model)

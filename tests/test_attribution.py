@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
 
 import featurecircuits as fc
 from featurecircuits.splice import Splice, run
+from tests.conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
 
 METHODS = ["ap", "atp", "relp", "ig"]
 

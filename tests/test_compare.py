@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch, tiny_model
 
 import featurecircuits as fc
 from featurecircuits.compare import compare
-from featurecircuits.models import ORGANISM_DIR
 from featurecircuits.plots import comparison_figure
+from tests.conftest import random_batch, tiny_model
 
 
 def test_pcc_is_numpy_corrcoef_over_pooled_cells():
@@ -87,7 +86,7 @@ def test_normalized_metric_is_one_on_clean_and_zero_on_patch():
         assert torch.allclose(metric(model.hf(input_ids=two.patch).logits, two), torch.zeros(6), atol=1e-5)
 
 
-@pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+@pytest.mark.organism
 def test_compare_command_end_to_end_on_the_organism(tmp_path, capsys):
     from featurecircuits.cli import main
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import random_batch, tiny_model
 from torch import nn
 
 import featurecircuits as fc
 from featurecircuits import lrp
+from tests.conftest import random_batch, tiny_model
 
 ALL_ON = [
     fc.LRPConfig(attention="ah", linear="epsilon"),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tr
-from conftest import random_batch, tiny_hf, tiny_model
 
 import featurecircuits as fc
 from featurecircuits.organism.tokenizer import build_word_tokenizer
 from featurecircuits.splice import run
+from tests.conftest import random_batch, tiny_hf, tiny_model
 
 
 def test_every_family_exposes_its_submodules_in_execution_order(family):
@@ -78,3 +78,39 @@ def test_make_batch_validates_against_the_tokenizer():
         fc.make_batch(tok, ["Bob gave"], ["Alice and Bob gave"], [" Alice"], [" Bob"])
     with pytest.raises(ValueError, match=r"share a token length; found lengths \[2, 3\]"):
         fc.make_batch(tok, ["Bob gave", "Bob gave a"], ["Alice gave", "Alice gave a"], [" a"] * 2, [" a"] * 2)
+
+
+def test_a_family_added_by_one_registry_entry(monkeypatch):
+    """Mistral (not in the registry) becomes a supported family by one FamilyInfo: layout, default rules
+    and the planner's counts. Its splice is exact, the LRP rules keep the forward bit-identical, RelP with
+    the rules off equals AtP, and discover and the planner run."""
+    from dataclasses import replace
+
+    from featurecircuits import registry
+    from featurecircuits.lrp import apply_rules
+    from featurecircuits.plan import plan
+    from featurecircuits.splice import Splice
+    from tests.conftest import random_dictionaries
+
+    llama = registry.FAMILIES["llama"]
+    monkeypatch.setitem(registry.FAMILIES, "mistral", replace(llama, name="mistral", model_types=("mistral",),
+                                                              rules_evidence="not measured (a test's family)"))
+    config = tr.MistralConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = fc.load_model(tr.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval())
+    assert model.family.name == "mistral"
+    assert [s.name for s in model.submodules] == ["embed", "attn_0", "mlp_0", "resid_0", "attn_1", "mlp_1", "resid_1"]
+    dicts = random_dictionaries(model)
+    batch = random_batch()
+    with torch.no_grad():
+        plain = model.hf(input_ids=batch.clean).logits
+        spliced = run(model, batch.clean, Splice(model, dicts).leaf_edit({}), model.submodules)
+        with apply_rules(model):
+            ruled = model.hf(input_ids=batch.clean).logits
+    assert torch.equal(plain, spliced) and torch.equal(plain, ruled)
+    atp = fc.attribute(model, batch, method="atp", dictionaries=dicts)
+    relp = fc.attribute(model, batch, method="relp", dictionaries=dicts, lrp=fc.LRPConfig.gradient())
+    assert all(torch.allclose(atp.scores[s], relp.scores[s], atol=1e-6) for s in atp.scores)
+    assert len(fc.discover(model, dicts, [batch], top_k=10, edge_threshold=0.0)) == 10
+    assert plan(config, 64, 2, 8).total > 0

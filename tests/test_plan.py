@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 import transformers as tr
-from conftest import random_batch, random_dictionaries, tiny_model
 
 from featurecircuits.dictionaries import dictionary_widths
 from featurecircuits.models import REPO_ROOT
 from featurecircuits.plan import geometry, plan, submodule_names
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 PYTHIA = tr.GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
                           intermediate_size=2048, rotary_pct=0.25, use_parallel_residual=True)
@@ -160,3 +160,13 @@ def test_sparse_path_counts_active_features_and_their_shared_indices():
         plan(PYTHIA, 50, 10, 16, l0=50).phases["scores"]["features"]  # bounded by the width
     with pytest.raises(ValueError, match="l0 must be"):
         plan(PYTHIA, 10, 1, 1, l0=-1)
+
+
+def test_a_family_without_planner_counts_is_an_error_naming_the_known_ones(monkeypatch):
+    from dataclasses import replace
+
+    from featurecircuits import registry
+
+    monkeypatch.setitem(registry.FAMILIES, "gpt_neox", replace(registry.FAMILIES["gpt_neox"], saved={}))
+    with pytest.raises(ValueError, match="unknown model family for the memory planner 'gpt_neox'; valid: gpt2, llama"):
+        plan(PYTHIA, 32768, 10, 16)

@@ -8,16 +8,19 @@ import sys
 
 import pytest
 import torch
-from conftest import random_batch, random_dictionaries, tiny_model
 
 import featurecircuits as fc
 from featurecircuits import registry
 from featurecircuits.config import AttributionConfig, LRPConfig
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 
 def test_registry_config_and_cli_parser_import_without_torch():
-    code = ("import sys, featurecircuits.registry, featurecircuits.config, featurecircuits.words; "
-            "from featurecircuits.cli import build_parser; build_parser(); print('torch' in sys.modules)")
+    code = ("import sys, featurecircuits.registry, featurecircuits.config, featurecircuits.words, "
+            "featurecircuits.nodes, featurecircuits.export, featurecircuits.dictionaries.spec, "
+            "featurecircuits.dictionaries.formats; featurecircuits.dictionaries.spec.parse_spec('saelens:x+"
+            "gemma-scope-res:y@l0=5'); from featurecircuits.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -71,7 +74,7 @@ def test_evaluating_with_other_dictionaries_is_an_error():
 
 
 def test_a_method_added_by_one_registry_entry_and_one_module(monkeypatch):
-    info = registry.MethodInfo("gxi", "gradient × input", "extension.grad_times_input:grad_times_input",
+    info = registry.MethodInfo("gxi", "gradient × input", "tests.extension.grad_times_input:grad_times_input",
                                needs_backward=True, coefficient="gradient", uses_rules=False, edges=True,
                                cost="1 forward + 1 backward")
     monkeypatch.setitem(registry.METHODS, "gxi", info)

@@ -3,19 +3,18 @@ reference path: the same scores and edges, in float64 to rounding, in float32 to
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
-from conftest import random_batch, random_dictionaries, tiny_model
 
 import featurecircuits as fc
 from featurecircuits import sparse
 from featurecircuits.edges import score_edges
 from featurecircuits.scoring import top_nodes
 from featurecircuits.splice import Splice
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
-warnings.filterwarnings("ignore", message="Sparse invariant checks")
+# torch warns once per process that sparse invariant checks are off; the filter is scoped to this module
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 
 
 def _pair(family, method, dtype=torch.float32):

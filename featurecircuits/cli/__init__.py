@@ -22,7 +22,7 @@ from . import runs
 from .guards import check_model_option
 from .options import ModelOptions, Parser
 
-# The commands, in the order --help lists them.
+# The commands, in the order --help lists them: modules of this package (or dotted module paths elsewhere).
 COMMANDS = ("demo", "discover", "evaluate", "curve", "compare", "plot", "export", "plan", "tasks", "organism")
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(verbose=False, debug=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f".{name}", __name__)
+        module = importlib.import_module(name if "." in name else f".{name}", __name__)
         p = sub.add_parser(module.NAME, help=module.HELP)
         if hasattr(module, "Request"):
             p.set_defaults(request=module.Request, run=module.run)

@@ -52,8 +52,6 @@ class Request:
 
 
 def run(req: Request) -> int:
-    import json
-
     from ..circuit import Circuit
     from ..export import export_circuit
 
@@ -68,7 +66,6 @@ def run(req: Request) -> int:
     path = export_circuit(circuit, req.out, format=req.format, example=req.example, model=req.model,
                           dictionaries=req.dictionaries or "auto", task=task, slug=req.slug,
                           edge_threshold=req.edge_threshold)
-    data = json.loads(path.read_text())
-    print(f"example {req.example}: {len(data['nodes'])} nodes, {len(data['links'])} links → {path} "
-          f"(and {path.parent / 'graph-metadata.json'}); view with circuit-tracer's local server, see docs/export.md")
+    hint = FORMATS[req.format].hint
+    print(f"example {req.example} as {req.format} → {path}" + (f"; {hint}" if hint else ""))
     return 0

@@ -20,11 +20,14 @@ class ExportFormat:
     name: str
     description: str
     implementation: str  # "module:function" with signature (circuit, out, **options) -> Path
+    hint: str = ""  # what to do with the files (printed after an export)
 
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("attribution-graph", "one example as an attribution graph (circuit-tracer's viewer, Neuronpedia)",
-                 "featurecircuits.export.attribution_graph:export_attribution_graph"),
+                 "featurecircuits.export.attribution_graph:export_attribution_graph",
+                 hint="graph-metadata.json beside it indexes the graphs; view them with circuit-tracer's local "
+                      "server (docs/export.md)"),
 )}
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import random_dictionaries, tiny_model
 
 import featurecircuits as fc
+from tests.conftest import random_dictionaries, tiny_model
 
 
 def _write(root, name, ae, folder="10_64"):

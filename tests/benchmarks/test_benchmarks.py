@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import random_batch, tiny_model
 
-from featurecircuits.models import ORGANISM_DIR
+from tests.conftest import random_batch, tiny_model
 
 
-@pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+@pytest.mark.organism
 def test_benchmark_table_on_the_organism(tmp_path, capsys):
     from benchmarks.__main__ import main
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from golden import PATH, load_organism, record
 
-import featurecircuits as fc
+from tests.golden import PATH, record
 
-pytestmark = pytest.mark.skipif(not (fc.models.ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+pytestmark = pytest.mark.organism
 
 
 def _close(a, b) -> bool:
@@ -20,8 +19,8 @@ def _close(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def outputs():
-    return json.loads(json.dumps(record(*load_organism()))), json.loads(PATH.read_text())
+def outputs(organism):
+    return json.loads(json.dumps(record(*organism))), json.loads(PATH.read_text())
 
 
 def test_circuits_match_the_golden_outputs(outputs):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(os.environ.get("FEATURECIRCUITS_WHEEL_TEST") != "1",
                                 reason="slow: set FEATURECIRCUITS_WHEEL_TEST=1 (CI does)")
 

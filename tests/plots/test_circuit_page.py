@@ -6,14 +6,13 @@ import json
 import re
 
 import pytest
-from conftest import random_batch, random_dictionaries, tiny_model
 
 from featurecircuits.circuit import Circuit, discover
 from featurecircuits.cli import main
 from featurecircuits.evaluation import faithfulness_curve
-from featurecircuits.models import ORGANISM_DIR
 from featurecircuits.nodes import METRIC_NODE, parse_node_id
 from featurecircuits.plots import circuit_figure, circuits_page, curve_figure, submodule_rows, write_html
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 _SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S | re.I)
 
@@ -138,7 +137,7 @@ def test_curve_figure_has_a_line_per_method():
     assert "relp faithfulness" in names and "atp completeness" in names and "random (atp sizes)" in names
 
 
-@pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+@pytest.mark.organism
 def test_cli_discover_evaluate_plot_on_the_organism(tmp_path, capsys):
     circuit = tmp_path / "c.json"
     assert main(["discover", "--task", "sva-rc", "--n-examples", "8", "--node-threshold", "0.2",

@@ -3,8 +3,6 @@ same scores and circuit; bfloat16 agrees with float32 within a stated tolerance.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -12,8 +10,8 @@ import featurecircuits as fc
 from featurecircuits.sparse import dense
 from featurecircuits.tasks import Task, make_task
 
-pytestmark = pytest.mark.skipif(not (fc.models.ORGANISM_DIR / "config.json").exists(), reason="organism not built")
-warnings.filterwarnings("ignore", message="Sparse invariant checks")
+# torch warns once per process that sparse invariant checks are off; the filter is scoped to this module
+pytestmark = [pytest.mark.organism, pytest.mark.filterwarnings("ignore:Sparse invariant checks")]
 
 
 def _task():

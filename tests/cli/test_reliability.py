@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 
 import featurecircuits
-from featurecircuits import cli
 from featurecircuits.cli import build_parser, main
 
-REPO = Path(__file__).resolve().parent.parent
-ORGANISM = (REPO / "models" / "organism" / "config.json").exists()
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _parsers(parser: argparse.ArgumentParser, path=("featurecircuits",)):
@@ -176,7 +174,7 @@ def _interrupt_after(monkeypatch, calls: int):
     return lambda: monkeypatch.setattr(scoring, "attribute_splice", real)
 
 
-@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.organism
 def test_discover_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys):
     args = ["discover", "--task", "sva-rc", "--n-examples", "8", "--batch-size", "2", "--top-k", "12",
             "--edge-threshold", "0.05"]
@@ -199,7 +197,7 @@ def test_discover_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, cap
     assert (tmp_path / "c.html").exists() and not run.exists()
 
 
-@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.organism
 def test_curve_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys):
     args = ["curve", "--task", "sva-rc", "--n-examples", "4", "--batch-size", "2", "--methods", "atp,relp",
             "--thresholds", "0.05,0.5"]
@@ -217,7 +215,7 @@ def test_curve_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys
     assert not run.exists()
 
 
-@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.organism
 def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys):
     import featurecircuits.compare as compare
 
@@ -244,7 +242,7 @@ def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, caps
     assert not run.exists()
 
 
-@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.organism
 @pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path, sig, code):
     """A real signal to a running discover: its exit code, one line, the completed batches kept for --resume,
@@ -270,7 +268,7 @@ def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path
     assert leftovers == []
 
 
-@pytest.mark.skipif(not ORGANISM, reason="organism not built")
+@pytest.mark.organism
 def test_a_generated_task_with_the_default_count_takes_the_distinct_pairs_there_are(tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["discover", "--task", "sva-simple", "--top-k", "5", "--edge-threshold", "0.1", "--batch-size", "40",

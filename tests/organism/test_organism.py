@@ -88,7 +88,7 @@ def test_tokenizer_is_word_level_and_round_trips():
     assert tok.decode(ids) == text
 
 
-shipped = pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+shipped = pytest.mark.organism
 
 
 @shipped

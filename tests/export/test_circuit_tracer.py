@@ -16,12 +16,11 @@ import urllib.request
 import pytest
 
 from featurecircuits.cli import main
-from featurecircuits.models import ORGANISM_DIR
 
 TARGET = os.environ.get("FEATURECIRCUITS_CIRCUIT_TRACER")
 pytestmark = [
     pytest.mark.skipif(not TARGET, reason="set FEATURECIRCUITS_CIRCUIT_TRACER to a --target install of circuit-tracer"),
-    pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built"),
+    pytest.mark.organism,
 ]
 
 

@@ -10,12 +10,12 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch, random_dictionaries, tiny_model
 from safetensors.torch import save_file
 
 import featurecircuits as fc
 from featurecircuits.dictionaries import dictionary_learning, gemma_scope, saelens
 from featurecircuits.dictionaries.hooks import submodule_for_hook
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 D_IN, D_SAE = 32, 48
 
@@ -461,7 +461,7 @@ def test_saelens_release_without_the_extra_says_how_to_get_it(monkeypatch):
 
 
 # -- equivalence on the organism -------------------------------------------------------------------------------
-organism = pytest.mark.skipif(not (fc.models.ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+organism = pytest.mark.organism
 
 
 def _jumprelu(ae, threshold=0.02):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import transformers as tr
-from conftest import FAMILY_NAMES, VOCAB, random_batch, tiny_hf, tiny_model
 
 import featurecircuits as fc
 from featurecircuits.dictionaries import saelens
 from featurecircuits.dictionaries.base import SAE
 from featurecircuits.dictionaries.hooks import hook_for_submodule, submodule_for_hook
 from featurecircuits.splice import run
+from tests.conftest import FAMILY_NAMES, VOCAB, random_batch, tiny_hf, tiny_model
 
 
 def _out_proj(model: fc.Model, layer: int) -> torch.nn.Module:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
 
 import featurecircuits as fc
 from featurecircuits.circuit import Circuit, discover
@@ -21,6 +20,7 @@ from featurecircuits.evaluation import (
 )
 from featurecircuits.nodes import node_id, parse_node_id
 from featurecircuits.splice import Splice, run
+from tests.conftest import linear_gpt_neox, random_batch, random_dictionaries, tiny_model
 
 GOLDEN = Path(__file__).parent / "data" / "circuit_v1.json"
 
@@ -295,15 +295,13 @@ def test_edges_are_the_same_when_results_do_not_fit_in_memory():
         assert recomputed.graph.edges[u, v]["weight"] == pytest.approx(w, rel=1e-5, abs=1e-8)
 
 
-@pytest.mark.skipif(not (fc.models.ORGANISM_DIR / "config.json").exists(), reason="organism not built")
 @pytest.mark.parametrize("task_name", ["sva-rc", "sva-simple"])
-def test_a_small_relp_circuit_is_faithful_on_agreement_in_the_organism(task_name):
+def test_a_small_relp_circuit_is_faithful_on_agreement_in_the_organism(task_name, organism):
     """Issue target: ≤ 200 nodes, faithfulness ≥ 0.8 under full mean ablation (embedding and every layer,
     errors ablated like features), evaluated on other held-out pairs than the ones it was found on."""
     from featurecircuits.tasks import Task, make_task, n_distinct
 
-    model = fc.load_model("organism")
-    dicts = fc.load_dictionaries("organism", model)
+    model, dicts = organism
     n = min(48, n_distinct(task_name))  # sva-simple has only 40 distinct pairs
     found_on = Task(task_name, make_task(task_name, n, seed=0))
     checked_on = Task(task_name, make_task(task_name, n, seed=1))

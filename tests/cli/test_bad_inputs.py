@@ -8,6 +8,7 @@ organism.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from featurecircuits.cli import main
+from featurecircuits.cli import build_parser, main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = [
     {"clean_prefix": "The athlete that the managers like", "patch_prefix": "The athletes that the managers like",
@@ -345,6 +346,8 @@ CASES = [
     ("output", "train-out-not-empty", {}, ["organism", "train", "--out", "{t}/full"], 2,
      ["--out", "full", "not an empty folder"]),
     ("output", "train-out-is-a-file", {}, ["organism", "train", "--out", "{t}/earlier.json"], 2, ["--out"]),
+    ("option", "card-out-without-a-model", {}, ["organism", "card", "--out", "{t}/full"], 2,
+     ["--out", "no model folder"]),
 ]
 
 
@@ -362,9 +365,10 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 SHIPPED = [REPO / "tasks", REPO / "dictionaries" / "organism", REPO / "models" / "organism"]
 
 
-@pytest.fixture(scope="module")
-def shipped_before():
-    return _snapshot(*SHIPPED)
+def _stats(*roots: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under ``roots``: cheap enough to take around every case."""
+    return {str(Path(d) / f): (os.stat(Path(d) / f).st_size, os.stat(Path(d) / f).st_mtime_ns)
+            for root in roots for d, _, files in os.walk(root) for f in files}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -377,13 +381,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("kind,name,files,argv,code,words", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys, shipped_before):
+def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys):
     _setup(tmp_path)
     for rel, content in files.items():
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    before = _snapshot(tmp_path)
+    before, shipped = _snapshot(tmp_path), _stats(*SHIPPED)
     listing = sorted(os.listdir(tmp_path))
     argv = [a.replace("{t}", str(tmp_path)) for a in argv]
     got, text = run_cli(argv, capsys)
@@ -392,18 +396,21 @@ def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys, shipp
     for w in words:
         assert w.replace("{t}", str(tmp_path)) in text, (w, text)
     assert _snapshot(tmp_path) == before, "an input or earlier output changed"
+    assert _stats(*SHIPPED) == shipped, "a shipped file (tasks/, the organism or its SAEs) changed"
     assert sorted(os.listdir(tmp_path)) == listing, "the failed run left files behind"
     assert sum("error:" in ln for ln in text.splitlines()) == 1, text  # one line (argparse adds its usage)
 
 
-def test_catalogue_size_and_kinds():
-    kinds = {}
-    for c in CASES:
-        kinds[c[0]] = kinds.get(c[0], 0) + 1
-    assert len(CASES) >= 80, kinds
-    assert set(kinds) >= {"task", "circuit", "option", "model", "output", "dictionaries"}
+def _commands(parser: argparse.ArgumentParser, path=()) -> list[tuple[str, ...]]:
+    """Every leaf command of the parser (``("discover",)``, ``("tasks", "make")``, …)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [path]
+    return [c for name, sub in subs[0].choices.items() for c in _commands(sub, (*path, name))]
 
 
-def test_shipped_files_unchanged_by_the_catalogue(shipped_before):
-    """Runs last in this module (pytest keeps file order): no case touched tasks/, the organism or its SAEs."""
-    assert _snapshot(*SHIPPED) == shipped_before
+def test_every_command_of_the_parser_has_bad_input_cases():
+    """The catalogue grows with the command line: a command added without a case here fails this test."""
+    covered = {tuple(c[3][:2]) for c in CASES} | {tuple(c[3][:1]) for c in CASES}
+    missing = [" ".join(c) for c in _commands(build_parser()) if c not in covered]
+    assert not missing, f"commands without a bad-input case: {missing}"

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import random_batch, random_dictionaries, tiny_model
 
 from featurecircuits.circuit import Circuit, discover
 from featurecircuits.cli import main
@@ -23,8 +22,9 @@ from featurecircuits.export import (
     to_attribution_graph,
     write_graph_files,
 )
-from featurecircuits.models import ORGANISM_DIR, load_model
+from featurecircuits.models import load_model
 from featurecircuits.nodes import METRIC_NODE, parse_node_id
+from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 
 def _check_fields(obj: dict, fields: dict, where: str) -> None:
@@ -166,7 +166,7 @@ def test_graph_metadata_index_holds_one_entry_per_slug(tmp_path):
     check_attribution_graph(json.loads((tmp_path / "tiny.json").read_text()))
 
 
-@pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+@pytest.mark.organism
 def test_cli_export_on_the_organism(tmp_path, capsys):
     circuit = tmp_path / "c.json"
     assert main(["discover", "--task", "sva-rc", "--n-examples", "8", "--top-k", "20", "--edge-threshold", "0.05",
@@ -202,3 +202,44 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     circuit.write_text(json.dumps(meta))
     assert main(["export", "--circuit", str(circuit), "--example", "99", "--out", str(out)]) == 2
     assert "example 99 does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.organism
+def test_a_circuit_exports_with_the_dictionaries_it_was_found_with(tmp_path, capsys):
+    """Found on the organism with a Gemma Scope res set of its residual SAEs, a circuit records that spec;
+    export and evaluate load exactly it (not the organism's default 19), and name the folder once it is gone."""
+    import shutil
+
+    import torch
+
+    import featurecircuits as fc
+    from featurecircuits.dictionaries import gemma_scope
+
+    model = load_model("organism")
+    original = fc.load_dictionaries("organism", model)
+
+    def jumprelu(ae):  # Gemma Scope's form: the encoder bias absorbs b_pre
+        return fc.SAE(ae.W_enc, ae.b_enc - ae.W_enc @ ae.b_pre, ae.W_dec, ae.b_dec, activation="jumprelu",
+                      threshold=torch.full((ae.width,), 0.02))
+
+    gemma_scope.save_suite({layer: jumprelu(original[f"resid_{layer}"]) for layer in range(model.n_layers)},
+                           tmp_path / "gs-res")
+    spec = f"gemma-scope-res:{tmp_path / 'gs-res'}"
+    circuit = tmp_path / "c.json"
+    assert main(["discover", "--task", "sva-rc", "--n-examples", "8", "--top-k", "15", "--dictionaries", spec,
+                 "--out", str(circuit)]) == 0
+    recorded = json.loads(circuit.read_text())["metadata"]
+    assert recorded["dictionaries"] == f"gemma-scope-res:{(tmp_path / 'gs-res').resolve()}"
+    assert main(["export", "--circuit", str(circuit), "--example", "1", "--out", str(tmp_path / "g")]) == 0
+    (path,) = [p for p in (tmp_path / "g").glob("*.json") if p.name != "graph-metadata.json"]
+    records = json.loads(path.read_text())["metadata"]["featurecircuits"]["dictionary_records"]
+    assert [r["submodule"] for r in records] == [f"resid_{i}" for i in range(6)]
+    assert {r["format"] for r in records} == {"gemma_scope"}
+    assert main(["evaluate", "--circuit", str(circuit), "--task", "sva-rc", "--n-examples", "8"]) == 0
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "gs-res")
+    for argv in (["export", "--circuit", str(circuit), "--out", str(tmp_path / "g2")],
+                 ["evaluate", "--circuit", str(circuit), "--task", "sva-rc", "--n-examples", "8"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "gs-res no longer exists" in err and "Traceback" not in err
