@@ -32,7 +32,7 @@ from .cards import feature_card
 from .corpus import Corpus
 from .effects import INPUT_SIDE_SUBMODULES, input_tokens, output_tokens
 from .labels import Label, auto_label, feature_node_id, merge_labels
-from .state import FeatureState, Windows, chunks, encode_events
+from .state import CHUNK_ELEMENTS, FeatureState, Windows, chunks, encode_events
 
 try:
     from ..nodes import parse_node_id
@@ -154,10 +154,9 @@ def _capture(model, splice: Splice, ids: torch.Tensor) -> dict[str, torch.Tensor
     return store
 
 
-def _generator(device, seed: int, batch: int, sub: int, chunk: int) -> torch.Generator:
-    """Sampling keys depend only on the seed, the batch, the submodule and the chunk (so a resumed run
-    draws alike)."""
-    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + batch) * 1_009 + sub) * 10_007 + chunk)
+def _salt(seed: int, sub: int) -> int:
+    """The sampling keys' salt of one dictionary (keys hash each firing's place: see ``state.sampling_keys``)."""
+    return (seed * 1_000_003 + sub) * 0x9E3779B1 % 2**62
 
 
 def _empty_states(splice: Splice, cfg: DossierConfig) -> dict[str, FeatureState]:
@@ -194,21 +193,22 @@ def _save_checkpoint(checkpoint, states: dict[str, FeatureState], done: dict) ->
     checkpoint.save("progress", dict(done))
 
 
-def _fold(splice: Splice, states, acts, ids, lengths, first: int, cfg: DossierConfig, batch: int) -> None:
+def _fold(splice: Splice, states, acts, ids, lengths, first: int, cfg: DossierConfig) -> None:
     """Encode each submodule's activations with its dictionary, chunk by chunk of whole rows, and fold the
     firings into its state."""
     windows: dict = {}
     for i, sub in enumerate(splice.submodules):
-        ae, state = splice.dictionaries[sub.name], states[sub.name]
+        ae, state = splice.dictionaries[sub.name], states[sub.name]  # i salts the dictionary's sampling keys
         device = state.count.device
         x = acts.pop(sub.name).to(device)
-        for j, (b0, b1) in enumerate(chunks(lengths, ae.width)):
+        budget = CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+        for b0, b1 in chunks(lengths, ae.width, budget):
             if (device, b0, b1) not in windows:
                 windows[device, b0, b1] = Windows(ids[b0:b1].to(device), lengths[b0:b1].to(device), first + b0,
                                                   *cfg.context)
             w = windows[device, b0, b1]
             events = encode_events(ae, x[b0:b1][w.b, w.t])
-            state.update(events, w, _generator(device, cfg.seed, batch, i, j))
+            state.update(events, w, _salt(cfg.seed, i))
             del events
 
 
@@ -248,7 +248,7 @@ def build_dossiers(model, dictionaries: dict, corpus, *, config: DossierConfig |
     done = {**_resume(checkpoint, states, meta["key"]), "key": meta["key"]}
     bar = tqdm(total=cfg.max_tokens, initial=done["tokens"], unit="tok", desc="dossiers", disable=not progress)
     for first, ids, lengths in _batches(corpus, cfg, done["rows"]):
-        _fold(splice, states, _capture(model, splice, ids), ids, lengths, first, cfg, done["batches"])
+        _fold(splice, states, _capture(model, splice, ids), ids, lengths, first, cfg)
         done.update(batches=done["batches"] + 1, rows=first + len(lengths), tokens=done["tokens"] + int(lengths.sum()))
         bar.update(int(lengths.sum()))
         if checkpoint is not None and done["batches"] % checkpoint_every == 0:

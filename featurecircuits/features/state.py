@@ -14,7 +14,9 @@ Per feature it keeps
   band b covers ``[b, b+1) · range / n_bands``, the same nested scale as the histogram) and one of
   ``n_random`` firings drawn uniformly over all (``random``). Sampling keeps, per group, the entries with the
   largest random keys (a bottom-k sketch): merging two such samples is taking the best keys of their union,
-  so when the scale grows, bands fold like bins and stay exact uniform samples.
+  so when the scale grows, bands fold like bins and stay exact uniform samples. The keys are a hash of the
+  firing's place (row, position, feature) and a per-dictionary salt (:func:`sampling_keys`), so samples
+  do not depend on the device or on how the corpus is batched.
 
 A batch's activations arrive chunk by chunk (whole rows, :func:`chunks`) as :class:`Events`: the chunk's
 positive entries and its dense features, dropped once the chunk is folded in, so no dense (tokens, width)
@@ -32,12 +34,31 @@ import torch
 
 from .reservoir import Reservoir, merge, regroup
 
-__all__ = ["POSITION_BITS", "Events", "FeatureState", "Windows", "chunks", "encode_events"]
+__all__ = ["CHUNK_ELEMENTS", "POSITION_BITS", "Events", "FeatureState", "Windows", "chunks", "encode_events",
+           "sampling_keys"]
 
 UNSET = -(2**30)  # scale exponent of a feature that has not fired yet
 POSITION_BITS = 20  # where = row << 20 | position (sequences are far shorter than 2**20)
-CHUNK_ELEMENTS = 2**22  # features encoded at a time (16 MiB of float32)
+# features encoded at a time: 64 MiB of float32 on a CPU, 1 GiB on an accelerator (fewer, larger steps)
+CHUNK_ELEMENTS = {"cpu": 2**24, "other": 2**28}
 _HASH_SEED = 0x5EED
+_MIX = (-7046029254386353131, -4658895280553007687, -7723592293110705685)  # splitmix64's odd constants
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 (products wrap; shifts masked to act as unsigned)."""
+    x = x * _MIX[0]
+    x = (x ^ ((x >> 31) & (2**33 - 1))) * _MIX[1]
+    x = (x ^ ((x >> 29) & (2**35 - 1))) * _MIX[2]
+    return x ^ ((x >> 32) & (2**32 - 1))
+
+
+def sampling_keys(where: torch.Tensor, feats: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent uniform keys in [0, 1) per firing, a hash of (where, feature, salt): the same on
+    every device and however the batch is cut into chunks or batches."""
+    h = _mix((where << 20) ^ feats ^ salt)
+    scale = 1.0 / 2**24
+    return (((h >> 40) & (2**24 - 1)).float() * scale, ((h >> 8) & (2**24 - 1)).float() * scale)
 
 
 @dataclass
@@ -72,7 +93,7 @@ def encode_events(dictionary, x: torch.Tensor) -> Events:
     return Events(idx, v.float(), f)
 
 
-def chunks(lengths: torch.Tensor, width: int, budget: int = CHUNK_ELEMENTS) -> list[tuple[int, int]]:
+def chunks(lengths: torch.Tensor, width: int, budget: int) -> list[tuple[int, int]]:
     """Batch rows [b0, b1) grouped so that each group's tokens × ``width`` stays within ``budget`` (a row at
     least): dense features exist for one group at a time, and windows never leave their row."""
     out, start, size = [], 0, 0
@@ -172,8 +193,9 @@ class FeatureState:
     def n_bands(self) -> int:
         return self.bands.score.shape[0] // self.width
 
-    def update(self, events: Events, windows: Windows, gen: torch.Generator) -> None:
-        """Fold in one batch's firings (rows index the batch's valid token rows)."""
+    def update(self, events: Events, windows: Windows, salt: int) -> None:
+        """Fold in one chunk's firings (rows index the chunk's valid token rows); ``salt`` seeds the
+        sampling keys (one per dictionary)."""
         if not events.vals.numel():
             return
         feats, vals = events.feats, events.vals
@@ -186,12 +208,12 @@ class FeatureState:
         bins = (vals * per_bin[feats]).long().clamp_(0, self.n_bins - 1)  # truncation = floor for vals > 0
         self.hist.view(-1).index_add_(0, feats * self.n_bins + bins, torch.ones_like(bins))
         self._offer(self.top, events, windows, feats, vals, hashed=True)
+        band_keys, random_keys = sampling_keys(windows.where[events.rows], feats, salt)
         if self.bands.m:
-            keys = torch.rand(vals.shape, generator=gen, device=vals.device)
-            self._offer(self.bands, events, windows, feats * self.n_bands + bins * self.n_bands // self.n_bins, keys)
+            groups = feats * self.n_bands + bins * self.n_bands // self.n_bins
+            self._offer(self.bands, events, windows, groups, band_keys)
         if self.random.m:
-            keys = torch.rand(vals.shape, generator=gen, device=vals.device)
-            self._offer(self.random, events, windows, feats, keys)
+            self._offer(self.random, events, windows, feats, random_keys)
 
     def _rescale(self) -> None:
         """Grow the scale of features whose maximum left their histogram's range, folding bins and bands."""
