@@ -8,11 +8,19 @@ from collections import Counter
 
 import pytest
 import torch
-from dossier_helpers import PLANTED, WORDS, all_firings, brute_top, planted_dictionary, random_sequences, word_model
 
 from featurecircuits.features import DossierConfig, TokenCorpus, build_dossiers
 from featurecircuits.features.effects import final_norm_weight
 from tests.conftest import random_dictionaries
+from tests.features.dossier_helpers import (
+    PLANTED,
+    WORDS,
+    all_firings,
+    brute_top,
+    planted_dictionary,
+    random_sequences,
+    word_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +150,43 @@ def test_cards_take_circuit_node_ids_and_max_tokens_limits_the_pass(planted):
         build_dossiers(model, dicts, TokenCorpus(rows), top=3)
     with pytest.raises(ValueError, match="multiple of n_bands"):
         DossierConfig(n_bins=30, n_bands=4)
+
+
+def _held(res, group):
+    """A reservoir group's entries as a sorted list of (where, value) (slots are unordered)."""
+    keep = res.score[group] > float("-inf")
+    return sorted(zip(res.where[group][keep].tolist(), res.value[group][keep].tolist(), strict=True))
+
+
+def test_dossiers_do_not_depend_on_how_the_corpus_is_batched():
+    model = word_model(seed=4)
+    dicts = random_dictionaries(model, size=24, seed=6)
+    dicts = {k: dicts[k] for k in ("mlp_0", "resid_1")}  # continuous activations: no exact ties
+    rows = random_sequences(30, seed=9)
+    a = build_dossiers(model, dicts, TokenCorpus(rows), batch_size=4, progress=False)
+    b = build_dossiers(model, dicts, TokenCorpus(rows), batch_tokens=10_000, progress=False)
+    for name in dicts:
+        sa, sb = a.states[name], b.states[name]
+        assert torch.equal(sa.count, sb.count) and torch.equal(sa.hist, sb.hist)
+        assert torch.allclose(sa.act_sum, sb.act_sum)
+        for g in range(sa.width):  # top-k: equal values; equal firings above the k-th (ties there are free)
+            va, vb = sorted(v for _, v in _held(sa.top, g)), sorted(v for _, v in _held(sb.top, g))
+            assert torch.allclose(torch.tensor(va), torch.tensor(vb))
+            above = [{w for w, v in _held(s.top, g) if v > va[0] + 1e-6} for s in (sa, sb)] if va else [set(), set()]
+            assert above[0] == above[1], (name, g)
+        for res in ("bands", "random"):  # samples: keys hash each firing's place, so the very same firings
+            ra, rb = getattr(sa, res), getattr(sb, res)
+            for g in range(ra.score.shape[0]):
+                assert [w for w, _ in _held(ra, g)] == [w for w, _ in _held(rb, g)], (name, res, g)
+
+
+def test_sampling_keys_look_uniform_and_independent():
+    from featurecircuits.features.state import sampling_keys
+
+    where = torch.arange(100_000) << 20
+    k1, k2 = sampling_keys(where, torch.arange(100_000) % 7, salt=123)
+    for k in (k1, k2):
+        assert 0 <= float(k.min()) and float(k.max()) < 1 and abs(float(k.mean()) - 0.5) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([k1, k2]))[0, 1])) < 0.02
+    assert not torch.equal(sampling_keys(where, torch.zeros_like(where), 1)[0],
+                           sampling_keys(where, torch.zeros_like(where), 2)[0])

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-import featurecircuits as fc
 from featurecircuits.features import OrganismCorpus, build_dossiers, open_corpus
-from featurecircuits.models import ORGANISM_DIR
 
-pytestmark = pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism not built")
+pytestmark = pytest.mark.organism
 
 
 @pytest.fixture(scope="module")
-def organism():
-    model = fc.load_model("organism")
-    dicts = fc.load_dictionaries("organism", model)
+def organism_dossiers(organism):
+    model, dicts = organism
     corpus = open_corpus(None, model.tokenizer, model_name=model.name, max_sequences=96)
     assert isinstance(corpus, OrganismCorpus)
     subset = {name: dicts[name] for name in ("embed", "resid_2")}
     return model, build_dossiers(model, subset, corpus, progress=False)
 
 
-def test_embedding_features_are_token_detectors(organism):
-    _, dossiers = organism
+def test_embedding_features_are_token_detectors(organism_dossiers):
+    _, dossiers = organism_dossiers
     single = total = 0
     for feat in range(dossiers.states["embed"].width):
         card = dossiers.card("embed", feat)
@@ -33,8 +30,8 @@ def test_embedding_features_are_token_detectors(organism):
     assert total > 300 and single / total > 0.6  # 77 % on this corpus: most embed features name one word
 
 
-def test_organism_cards_read_as_words(organism):
-    model, dossiers = organism
+def test_organism_cards_read_as_words(organism_dossiers):
+    model, dossiers = organism_dossiers
     vocab = set(model.tokenizer.get_vocab())
     cards = dossiers.cards([f"resid_2/f{i}@3" for i in range(40)])
     firing = [c for c in cards.values() if c["n_active"]]

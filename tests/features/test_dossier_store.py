@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from dossier_helpers import random_sequences, word_model
 
 from featurecircuits.checkpoint import RunDir
 from featurecircuits.errors import UsageError
 from featurecircuits.features import Dossiers, Label, TokenCorpus, build_dossiers, cached_dossiers, task_corpus
 from tests.conftest import random_dictionaries
+from tests.features.dossier_helpers import random_sequences, word_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import gzip
 import sys
 
 import pytest
-from dossier_helpers import WORDS, word_model
 
 from featurecircuits.errors import UsageError
 from featurecircuits.features import (
@@ -18,6 +17,7 @@ from featurecircuits.features import (
     TokenCorpus,
     open_corpus,
 )
+from tests.features.dossier_helpers import WORDS, word_model
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import os
 import sys
 
 import pytest
-from dossier_helpers import PLANTED, WORDS, planted_dictionary, random_sequences, word_model
 
 from featurecircuits.errors import UsageError
 from featurecircuits.features import TokenCorpus, build_dossiers, write_feature_files
 from featurecircuits.features.feature_files import EXAMPLE_FIELDS, FEATURE_FIELDS, quantile_values
+from tests.features.dossier_helpers import PLANTED, WORDS, planted_dictionary, random_sequences, word_model
 
 TARGET = os.environ.get("FEATURECIRCUITS_CIRCUIT_TRACER")
 
