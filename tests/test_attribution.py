@@ -250,13 +250,13 @@ def test_ap_skips_nodes_that_do_not_change_and_scores_them_exactly_zero(monkeypa
     patch[:, 3:] = b.patch[:, 3:]  # the prompts agree on positions 0-2
     batch = fc.Batch(b.clean, patch, b.clean_answer, b.patch_answer)
     seen = []
-    real = A._patched_effect
-    monkeypatch.setattr(A, "_patched_effect", lambda *a: seen.append(a[6]) or real(*a))  # a[6]: the chunk
+    real = A._patched_metric
+    monkeypatch.setattr(A, "_patched_metric", lambda *a: seen.append(a[6]) or real(*a))  # a[6]: the patches
     for dicts in (None, random_dictionaries(model)):
         seen.clear()
         res = fc.attribute(model, batch, method="ap", dictionaries=dicts)
         for sub in res.submodules:
             assert torch.count_nonzero(res.position_scores(sub)[:, :3]) == 0, sub
             assert torch.count_nonzero(res.position_scores(sub)[:, 3:]) > 0, sub
-        patched_positions = {t for chunk in seen for _, _, t, _ in chunk}  # (submodule, part, position, feature)
+        patched_positions = {p.positions[0] for chunk in seen for p in chunk}
         assert min(patched_positions) == 3
