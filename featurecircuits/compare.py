@@ -101,6 +101,22 @@ def rule_label(method: str, rules: LRPConfig, several: bool) -> str:
     return f"{method}[{rules.spec}]" if several else method
 
 
+def method_configs(model: Model, methods: Sequence[str], attribution: AttributionConfig | None,
+                   rules: Sequence[LRPConfig] | None, max_batch: int) -> dict[str, AttributionConfig]:
+    """label → config resolved for the model, ``"ap"`` first: ``attribution`` with only the method replaced, and
+    each rule set of ``rules`` for the methods that use rules (labelled ``relp[<rules>]`` when several)."""
+    base = (attribution or AttributionConfig()).with_(max_batch=max_batch)
+    rule_sets = list(rules) if rules else [base.lrp]
+    configs: dict[str, AttributionConfig] = {"ap": base.with_(method="ap")}
+    for m in (m for m in methods if m != "ap"):
+        if method_info(m).uses_rules:
+            for r in rule_sets:
+                configs[rule_label(m, r, len(rule_sets) > 1)] = base.with_(method=m, lrp=r)
+        else:
+            configs[m] = base.with_(method=m)
+    return {label: c.resolve(model.family.name) for label, c in configs.items()}
+
+
 def _per_group(pairs, pair_groups, groups, labels) -> dict:
     """PCCs under both poolings over the pairs of each group (e.g. IOI template), when there are several."""
     by_group = {}
@@ -142,19 +158,9 @@ def compare(model: Model, batches: Sequence[Batch], *, methods: Sequence[str] = 
     ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each finished batch's grids, so an
     interrupted run resumes at the first unfinished batch and ends with the same result.
     """
-    methods = [m for m in methods if m != "ap"]
-    base = (attribution or AttributionConfig()).with_(max_batch=max_batch)
-    rule_sets = list(rules) if rules else [base.lrp]
     if groups is not None and len(groups) != len(batches):
         raise ValueError(f"groups needs one label per batch: {len(groups)} labels for {len(batches)} batches")
-    configs: dict[str, AttributionConfig] = {"ap": base.with_(method="ap")}
-    for m in methods:
-        if method_info(m).uses_rules:
-            for r in rule_sets:
-                configs[rule_label(m, r, len(rule_sets) > 1)] = base.with_(method=m, lrp=r)
-        else:
-            configs[m] = base.with_(method=m)
-    configs = {label: c.resolve(model.family.name) for label, c in configs.items()}
+    configs = method_configs(model, methods, attribution, rules, max_batch)
     labels = [label for label in configs if label != "ap"]
     splice = Splice(model)
     per_pair: dict[int, dict[str, dict[str, list[torch.Tensor]]]] = {}
