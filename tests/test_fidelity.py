@@ -59,11 +59,13 @@ def test_the_pooled_values_are_the_methods_scores_at_the_active_nodes():
     assert torch.allclose(comp.pairs["ap"]["mlp"], ap.scores["mlp_0"][active].double(), atol=1e-5)
     used = active.any(0)
     assert torch.allclose(comp.cells["ap"]["mlp"], ap.scores["mlp_0"].mean(0)[used].double(), atol=1e-5)
+    assert comp.cell_nodes["mlp"] == [(4, f"mlp_0/f{f}@{t}") for t, f in used.nonzero().tolist()]
     errors = torch.stack([ap.error_scores["mlp_0"], ap.error_scores["resid_1"]], 1).flatten().double()
     assert torch.allclose(comp.pairs["ap"]["error"], errors, atol=1e-5)  # error terms are nonzero everywhere
     data = json.loads(json.dumps(comp.to_dict()))
     assert data["level"] == "feature" and set(data["pcc_by_pooling"]) == {"cell_means", "pairs_x_cells"}
     assert data["pcc"]["relp"]["mlp"] == pytest.approx(fc.pearson(comp.cells["ap"]["mlp"], comp.cells["relp"]["mlp"]))
+    assert data["pcc_by_layer"]["relp"]["mlp"]["0"] == data["pcc"]["relp"]["mlp"]  # mlp_0 is the only MLP
     assert data["kinds"] == ["mlp", "resid", "error"] and data["counts"]["mlp"]["nodes"] == int(used.sum())
     html = feature_comparison_figure(comp).to_html(include_plotlyjs=False)
     assert "mlp: relp" in html and "error: relp" in html and "y = x" in html

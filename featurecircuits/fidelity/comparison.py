@@ -18,6 +18,7 @@ from ..config import AttributionConfig, LRPConfig
 from ..data import Batch
 from ..dictionaries.spec import spec_of
 from ..models import Model
+from ..nodes import NodeRef
 from ..splice import Splice
 from .features import ERROR, POOLINGS, batch_values, node_kinds, plan_nodes
 from .stats import finite
@@ -48,10 +49,24 @@ class FeatureComparison:
     patched_forwards: int = 0  # patched sequences AP ran (one per node and pair in which it moves)
     seconds: float = 0.0
     level: str = "feature"
+    cell_nodes: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # kind → (token length, id) of cells
 
     @property
     def pcc_by_pooling(self) -> dict[str, dict[str, dict[str, float]]]:
         return {"cell_means": self.pcc, "pairs_x_cells": self.pcc_pairs}
+
+    @property
+    def pcc_by_layer(self) -> dict[str, dict[str, dict[str, float]]]:
+        """label → kind → layer → PCC with AP over that layer's cells (cell means; −1 is the embedding)."""
+        out: dict = {m: {} for m in self.methods}
+        for kind, nodes in self.cell_nodes.items():
+            layers = torch.tensor([NodeRef.parse(node).layer for _, node in nodes])
+            for layer in sorted(set(layers.tolist())):
+                sel = layers == layer
+                for m in self.methods:
+                    ap, est = self.cells["ap"][kind][sel], self.cells[m][kind][sel]
+                    out[m].setdefault(kind, {})[str(layer)] = pearson(ap, est) if len(ap) > 1 else math.nan
+        return out
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -68,6 +83,8 @@ class FeatureComparison:
                 "dictionaries": self.dictionaries, "sample": {"k": self.sample, "seed": self.seed},
                 "pcc": clean["cell_means"], "poolings": POOLINGS, "pcc_by_pooling": clean,
                 "counts": self.counts, "patched_forwards": self.patched_forwards,
+                "pcc_by_layer": {m: {k: {la: finite(v) for la, v in by.items()} for k, by in kinds.items()}
+                                 for m, kinds in self.pcc_by_layer.items()},
                 "by_group": {g: {key: ({m: {k: finite(v) for k, v in by_kind.items()} for m, by_kind in value.items()}
                                        if isinstance(value, dict) else value) for key, value in d.items()}
                              for g, d in self.by_group.items()},
@@ -107,6 +124,20 @@ def pooled(stacked: dict[int, dict], kind_index: dict[int, torch.Tensor], labels
                 pairs[m][kind].append(v[active[:, cols]])
     cat = lambda d: {m: {k: torch.cat(v) if v else torch.zeros(0) for k, v in by.items()} for m, by in d.items()}  # noqa: E731
     return cat(cells), cat(pairs)
+
+
+def cell_nodes(stacked: dict[int, dict], kind_index: dict[int, torch.Tensor], plan: dict[int, torch.Tensor],
+               splice: Splice, kinds: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """kind → (token length, node id) of every cell of the cell-means pooling over all pairs, in its order."""
+    names = [s.name for s in splice.submodules]
+    out: dict[str, list[tuple[int, str]]] = {k: [] for k in kinds}
+    for t, g in sorted(stacked.items()):
+        used = g["active"].any(0)
+        for ki, kind in enumerate(kinds):
+            for si, pos, feat in plan[t][used & (kind_index[t] == ki)].tolist():
+                out[kind].append((t, NodeRef(names[si], "err" if feat < 0 else "act", None if feat < 0 else feat,
+                                             pos).id))
+    return out
 
 
 def pcc_table(values: Pooled, labels: Sequence[str], kinds: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -173,4 +204,4 @@ def compare_features(model: Model, dictionaries: dict, batches: Sequence[Batch],
         pcc_table(cells, labels, kinds), pcc_table(pairs, labels, kinds),
         {label: c.to_dict() for label, c in configs.items()}, spec_of(splice.dictionaries), sample, seed, normalized,
         _per_group(stacked, kind_index, pair_groups, labels, kinds), sum(u["rows"] for u in units),
-        time.perf_counter() - start)
+        time.perf_counter() - start, cell_nodes=cell_nodes(stacked, kind_index, plan, splice, kinds))
