@@ -1,7 +1,21 @@
 """Feature dossiers: what each dictionary feature does on a corpus (top contexts, samples per activation
 band, density, histogram, promoted/suppressed tokens), labels (automatic, user files, Neuronpedia) and
 feature files for circuit-tracer's viewer. See :mod:`.dossier` for the streaming pass, :mod:`.state` for
-what is kept per feature, :mod:`.corpus` for corpora and :mod:`.feature_files` for the viewer's format."""
+what is kept per feature, :mod:`.corpus` for corpora and :mod:`.feature_files` for the viewer's format.
+
+::
+
+    import featurecircuits as fc
+    from featurecircuits import features
+
+    model = fc.load_model("organism")
+    dicts = fc.load_dictionaries("organism", model)
+    corpus = features.open_corpus(None, model.tokenizer, model_name=model.name)  # the organism's own text
+    dossiers = features.cached_dossiers(model, dicts, corpus, k=10)              # built once, then from cache
+    dossiers.add_labels(features.read_labels("labels.csv"))                     # user labels win over auto
+    cards = dossiers.cards(circuit.nodes)                                       # "resid_3/f12@5" → card dict
+    features.write_feature_files(dossiers, "graphs/", graph="graphs/ioi-0.json")
+"""
 
 from .cache import cached_dossiers, default_cache_root
 from .corpus import (

@@ -277,18 +277,19 @@ class JsonlCorpus(_TextSource):
 
 
 class HFDatasetCorpus(_TextSource):
-    """A Hugging Face dataset streamed with ``datasets`` (``load_dataset(name, config, split, streaming=True)``)."""
+    """A Hugging Face dataset streamed with ``datasets`` (``load_dataset(name, config, split, streaming=True)``).
+    Its record has no content hash (that would mean reading it all): pin ``revision`` for a fixed identity."""
 
     kind = "hf-dataset"
 
     def __init__(self, name: str, tokenizer, *, config: str | None = None, split: str = "train",
-                 field: str = "text", **options):
+                 field: str = "text", revision: str | None = None, **options):
         super().__init__(tokenizer, **options)
         if importlib.util.find_spec("datasets") is None:
             raise UsageError(f"corpus {name!r} is not a local file, so it would be read as a Hugging Face "
                              "dataset, which needs the `datasets` package: pip install datasets (or give a local "
                              ".txt/.jsonl file)")
-        self.name, self.config, self.split, self.field = name, config, split, field
+        self.name, self.config, self.split, self.field, self.revision = name, config, split, field, revision
         self._dataset = None
 
     def _open(self):
@@ -297,7 +298,8 @@ class HFDatasetCorpus(_TextSource):
         import datasets
 
         try:
-            self._dataset = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True)
+            self._dataset = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True,
+                                                  revision=self.revision)
         except Exception as exc:  # the hub raises many kinds (connection, not found, gated)
             raise UsageError(f"could not open the Hugging Face dataset {self.name!r} (split {self.split!r}): "
                              f"{type(exc).__name__}: {exc}. Offline or a wrong name? Give a local .txt or .jsonl "
@@ -314,7 +316,7 @@ class HFDatasetCorpus(_TextSource):
 
     def _source(self) -> dict:
         return {"name": self.name, "config": self.config, "split": self.split, "field": self.field,
-                **self._text_source()}
+                "revision": self.revision, **self._text_source()}
 
 
 def _looks_like_path(spec: str) -> bool:
