@@ -67,6 +67,10 @@ def test_the_pooled_values_are_the_methods_scores_at_the_active_nodes():
     assert data["pcc"]["relp"]["mlp"] == pytest.approx(fc.pearson(comp.cells["ap"]["mlp"], comp.cells["relp"]["mlp"]))
     assert data["pcc_by_layer"]["relp"]["mlp"]["0"] == data["pcc"]["relp"]["mlp"]  # mlp_0 is the only MLP
     assert data["kinds"] == ["mlp", "resid", "error"] and data["counts"]["mlp"]["nodes"] == int(used.sum())
+    normalized = compare_features(model, dicts, [batch], methods=["relp"], submodules=["mlp_0", "resid_1"],
+                                  normalized=True)  # (LD − LD_patch)/(LD_clean − LD_patch): per-pair scale
+    scale = (relp.metric_base - relp.metric_source).double()[:, None].expand(-1, 4 * 16)[active.flatten(1)]
+    assert torch.allclose(normalized.pairs["relp"]["mlp"] * scale, comp.pairs["relp"]["mlp"], rtol=1e-6)
     html = feature_comparison_figure(comp).to_html(include_plotlyjs=False)
     assert "mlp: relp" in html and "error: relp" in html and "y = x" in html
 
