@@ -5,6 +5,8 @@
   then moved into place with SIGINT/SIGTERM held back, so they are all new or all old.
 - Temp files are named ``.<name>.fc-<pid>-<random>.tmp``; one left behind by a killed process (whose pid is
   gone) is removed by the next write to the same file.
+- A write that fails (a full disk, a file-size limit, a quota, a read-only folder) raises
+  :class:`WriteError`, an ``OSError`` whose message names the file, and leaves the file as it was.
 
 Torch-free.
 """
@@ -12,6 +14,7 @@ Torch-free.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -20,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_many", "atomic_write_text", "umask_mode"]
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_write_many", "atomic_write_text", "umask_mode"]
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.fc-(?P<pid>\d+)-[^.]*\.tmp$")
 
@@ -57,16 +60,35 @@ def _remove_stale_temps(path: Path) -> None:
                 os.unlink(entry.path)
 
 
+class WriteError(OSError):
+    """A file could not be written; the message names it (and what to do about a full disk or a limit)."""
+
+    HINTS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "the disk quota is used up",
+             errno.EFBIG: "the file exceeds the file-size limit (ulimit -f) or the file system's largest file"}
+
+    def __init__(self, path: Path, exc: OSError):
+        super().__init__(exc.errno, exc.strerror or str(exc), str(path))
+
+    def __str__(self) -> str:
+        hint = self.HINTS.get(self.errno)
+        return f"cannot write {self.filename}: {self.strerror}" + (f" ({hint})" if hint else "")
+
+
 def _write_temp(path: Path, write: Callable) -> str:
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.fc-{os.getpid()}-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.fc-{os.getpid()}-", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, umask_mode())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno is not None:
+            raise WriteError(path, exc) from None
         raise
     return tmp
 
@@ -99,7 +121,10 @@ def atomic_write_many(files: Mapping[str | Path, bytes | str | Callable]) -> Non
             temps.append((_write_temp(path, write), path))
         with _signals_held():
             for tmp, path in temps:
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise WriteError(path, exc) from None
             temps = []
     finally:
         for tmp, _ in temps:

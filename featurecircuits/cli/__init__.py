@@ -19,7 +19,7 @@ import threading
 
 from .. import __version__
 from . import runs
-from .guards import check_model_option
+from .guards import NEW_FOLDERS, check_model_option, check_placement, remove_new_folders
 from .options import ModelOptions, Parser
 
 # The commands, in the order --help lists them: modules of this package (or dotted module paths elsewhere).
@@ -71,10 +71,20 @@ def _execute(args) -> int:
     request = args.request.from_args(args)
     model = getattr(request, "model", None)
     check_model_option(model.model if isinstance(model, ModelOptions) else model)
+    if isinstance(model, ModelOptions):
+        check_placement(model)
     return args.run(request)
 
 
+def _cleanup() -> None:
+    """After a failed or interrupted command: run folders released (completed units kept, a run folder that
+    saved nothing removed) and output folders the command made removed."""
+    runs.close_all()
+    remove_new_folders()
+
+
 def _interrupted(exc: KeyboardInterrupt) -> int:
+    _cleanup()
     run = runs.ACTIVE[-1] if runs.ACTIVE else None
     saved = f"; completed work is kept in {run}: rerun the same command with --resume to continue" \
         if run is not None and run.is_dir() else ""
@@ -84,6 +94,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 
 
 def _failed(exc: Exception, debug: bool, *, expected: bool) -> int:
+    _cleanup()
     if debug:
         import traceback
 
@@ -105,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = {}
     runs.SIGNALLED.clear()
     runs.ACTIVE.clear()
+    runs.OPEN.clear()
+    NEW_FOLDERS.clear()
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, runs.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -116,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _failed(exc, args.debug, expected=False)
     finally:
+        runs.close_all()
+        NEW_FOLDERS.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -76,7 +76,7 @@ def run(req: Request) -> int:
 
     reads = input_paths(task=req.task.task, model=req.model.model, dictionaries=req.model.dictionaries_spec)
     check_outputs(reads, {"--out": req.out, "--html": req.html},
-                  {"--run-dir": (str(runs.run_folder(req.run, req.out)), [])})
+                  {"--run-dir": (str(runs.run_folder(req.run, req.out, NAME)), [])})
     loaded = inputs.file_task(req.task)
     model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
     task, n = inputs.task(req.task, model, loaded)

@@ -229,13 +229,20 @@ def add_ablation(p) -> None:
 class RunOptions:
     run_dir: str | None = None
     resume: bool = False
+    restart: bool = False
 
 
 def add_resumable(p) -> None:
     p.add_argument("--run-dir", help="folder keeping completed batches/methods while the run goes "
-                                      "(default: beside --out, OUT.run); removed when the run finishes")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its run folder (same command and options)")
+                                      "(default: beside --out, OUT.run); one run at a time; removed when the run "
+                                      "finishes")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its run folder (same command and options; every "
+                            "checkpoint is checked against its recorded hash)")
+    again.add_argument("--restart", action="store_true",
+                       help="discard an interrupted run in the run folder and start afresh (without --resume or "
+                            "--restart, a run folder holding an interrupted run is an error)")
 
 
 def add_kinds(p) -> None:

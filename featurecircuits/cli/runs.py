@@ -1,4 +1,12 @@
-"""Run folders of long commands (discover, curve, compare) and the signals that interrupt them."""
+"""Run folders of long commands (discover, curve, compare) and the signals that interrupt them.
+
+A run folder belongs to one run at a time (locked, :mod:`featurecircuits.locking`); a second run on it is
+refused, naming the process that holds it. Its manifest records what made it (the command, every option
+that affects the result, hashes of the task's examples and of the dictionaries: :func:`run_key`) and each
+checkpoint's hash (:class:`featurecircuits.checkpoint.RunDir`). Nothing in it is discarded unless asked:
+an interrupted run there is continued with ``--resume`` or discarded with ``--restart``, and without either
+the command stops before any work, saying so.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ class Terminated(KeyboardInterrupt):
 
 SIGNALLED: list[int] = []  # signals received; raised again at the next checkpoint should the first be swallowed
 ACTIVE: list[Path] = []  # the run folder of the command running now (for the message when it is interrupted)
+OPEN: list = []  # the RunDirs the command opened: closed (lock released) however it ends
 
 
 def on_signal(signum, frame):
@@ -33,15 +42,27 @@ def raise_if_signalled() -> None:
         raise Terminated() if SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
-def run_folder(run: RunOptions, out: str) -> Path:
-    """The run folder (--run-dir, or OUT.run beside the output), checked before any work: --resume needs an
-    interrupted run there, and a folder that is not a run folder is never reused."""
+def run_folder(run: RunOptions, out: str, command: str | None = None) -> Path:
+    """The run folder (--run-dir, or OUT.run beside the output), checked before any work: not held by another
+    run; --resume needs an interrupted run there (of ``command``, its checkpoints matching their hashes); an
+    interrupted run is continued or discarded only when --resume or --restart says so; a folder that is not a
+    run folder is never reused."""
+    from ..checkpoint import check_resumable, describe_run, foreign_entries, is_run_folder
+    from ..locking import FolderInUse, holder
+
     folder = Path(run.run_dir) if run.run_dir else Path(f"{Path(out)}.run")  # "cmp/" → "cmp.run"
-    manifest = folder / "run.json"
-    if run.resume and not manifest.is_file():
+    owner = holder(folder)
+    if owner is not None:
+        raise FolderInUse(folder, owner)
+    if run.resume and not is_run_folder(folder):
         raise UsageError(f"--resume: no interrupted run to continue in {folder} (no run.json)")
-    if folder.is_dir() and not manifest.is_file() and any(folder.iterdir()):
+    if run.resume:
+        check_resumable(folder, command)
+    if folder.is_dir() and not is_run_folder(folder) and foreign_entries(folder):
         raise UsageError(f"run folder {folder} exists and is not a featurecircuits run folder; give --run-dir")
+    if is_run_folder(folder) and not (run.resume or run.restart):
+        raise UsageError(f"{folder} holds an interrupted run, {describe_run(folder)}: pass --resume to continue it "
+                         "or --restart to discard it (or give another --run-dir)")
     return folder
 
 
@@ -60,14 +81,21 @@ def run_key(command: str, request, task=None, dictionaries=None, **extra) -> dic
 
 
 def open_run(run: RunOptions, out: str, key: dict):
-    """The run folder of a long run (beside ``out``, or --run-dir), made or resumed."""
-    from ..checkpoint import RunDir
+    """The run folder of a long run (beside ``out``, or --run-dir), made, restarted or resumed, and held by
+    this run until it ends."""
+    from ..checkpoint import RunDir, describe_run, is_run_folder
 
     folder = run_folder(run, out)
-    if not run.resume and (folder / "run.json").is_file():
-        print(f"note: starting afresh; the interrupted run in {folder} is discarded (--resume continues it)",
-              file=sys.stderr)
-    opened = RunDir(folder, key, resume=run.resume)
+    if run.restart and is_run_folder(folder):
+        print(f"note: --restart: discarding {describe_run(folder)} in {folder}", file=sys.stderr)
+    opened = RunDir(folder, key, resume=run.resume, takeover=False)
     opened.on_save = raise_if_signalled
+    OPEN.append(opened)
     ACTIVE.append(folder)
     return opened
+
+
+def close_all() -> None:
+    """Release every run folder this command opened (completed units stay for --resume)."""
+    while OPEN:
+        OPEN.pop().close()

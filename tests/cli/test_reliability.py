@@ -192,6 +192,14 @@ def test_discover_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, cap
 
     assert main([*args, "--top-k", "13", "--out", str(out), "--resume"]) == 2  # other settings: refused
     assert "differs in: top_k" in capsys.readouterr().err
+    assert main([*args, "--out", str(out)]) == 2  # neither --resume nor --restart: nothing is discarded
+    assert "holds an interrupted run, a discover run (2 checkpoints" in capsys.readouterr().err
+    kept = (run / "nodes-1.pt").read_bytes()
+    (run / "nodes-1.pt").write_bytes((run / "nodes-0.pt").read_bytes())  # a checkpoint swapped for another
+    assert main([*args, "--out", str(out), "--resume"]) == 2
+    assert f"checkpoint {run / 'nodes-1.pt'} has changed since it was saved" in capsys.readouterr().err
+    (run / "nodes-1.pt").write_bytes(kept)
+    assert sorted(p.name for p in run.iterdir()) == ["nodes-0.pt", "nodes-1.pt", "run.json"]
     assert main([*args, "--out", str(out), "--html", str(tmp_path / "c.html"), "--resume"]) == 0
     assert out.read_text() == (tmp_path / "ref.json").read_text()
     assert (tmp_path / "c.html").exists() and not run.exists()
@@ -209,6 +217,12 @@ def test_curve_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, capsys
                                                      "nodes-relp-0.pt", "run.json"]
     restore()
     capsys.readouterr()
+    discover = ["discover", "--task", "sva-rc", "--out", str(tmp_path / "d.json"), "--run-dir", str(run)]
+    assert main(discover) == 2  # a discover pointed at the curve's run folder discards nothing
+    assert "holds an interrupted run, a curve run (4 checkpoints" in capsys.readouterr().err
+    assert main([*discover, "--resume"]) == 2
+    assert "not a discover run" in capsys.readouterr().err
+    assert len(list(run.iterdir())) == 5
     assert main([*args, "--out", str(tmp_path / "c.json"), "--run-dir", str(run), "--resume"]) == 0
     ref, got = (json.loads((tmp_path / n).read_text()) for n in ("ref.json", "c.json"))
     assert got == ref
@@ -244,9 +258,9 @@ def test_compare_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, caps
 
 @pytest.mark.organism
 @pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path, sig, code):
+def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path, sig, code, capsys):
     """A real signal to a running discover: its exit code, one line, the completed batches kept for --resume,
-    no output and no temporary file anywhere."""
+    no output and no temporary file anywhere. While it runs, a second run on its output is refused, naming it."""
     import signal
 
     out = tmp_path / "c.json"
@@ -258,6 +272,11 @@ def test_a_signal_part_way_leaves_the_run_folder_and_no_temporary_files(tmp_path
     deadline = time.time() + 300
     while time.time() < deadline and not (run.is_dir() and len(list(run.glob("nodes-*.pt"))) >= 2):
         time.sleep(0.05)
+    for again in ([], ["--restart"], ["--resume"]):  # a second run on its output while it goes on: refused
+        assert main(["discover", "--task", "sva-rc", "--top-k", "5", "--out", str(out), *again]) == 2
+        assert f"c.json.run is in use by process {proc.pid} (featurecircuits discover, since" in \
+            capsys.readouterr().err
+    assert proc.poll() is None and (run / "run.json").is_file()  # the first run goes on, its folder intact
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
@@ -275,3 +294,44 @@ def test_a_generated_task_with_the_default_count_takes_the_distinct_pairs_there_
                  "--out", str(out)]) == 0
     assert "sva-simple has 40 distinct pairs" in capsys.readouterr().err
     assert json.loads(out.read_text())["metadata"]["n_examples"] == 40
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders owned by one run (issue 26)
+
+HOLD = ("import sys, time; from featurecircuits.checkpoint import RunDir; "
+        "run = RunDir(sys.argv[1], {'command': 'discover'}); print('ready', flush=True); time.sleep(120)")
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process holding a run folder (as a running discover does); returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_run_folder_held_by_another_process_is_refused_and_free_once_it_is_killed(tmp_path, capsys):
+    import signal
+
+    from featurecircuits.checkpoint import RunDir
+    from featurecircuits.locking import FolderInUse, holder
+
+    run = tmp_path / "c.json.run"
+    proc = _holder(run)
+    try:
+        assert holder(run)["pid"] == proc.pid
+        with pytest.raises(FolderInUse, match=f"in use by process {proc.pid}"):
+            RunDir(run, {"command": "discover"}, resume=True)
+        for again in (["--resume"], ["--restart"]):  # refused before anything loads, nothing discarded
+            assert main(["discover", "--task", "ioi", "--out", str(tmp_path / "c.json"), *again]) == 2
+            err = capsys.readouterr().err
+            assert f"c.json.run is in use by process {proc.pid} (featurecircuits discover, since" in err, err
+        assert sorted(p.name for p in run.iterdir()) == ["run.json", "run.lock"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (run / "run.lock").is_file() and holder(run) is None  # the lock of a killed run is free
+    resumed = RunDir(run, {"command": "discover"}, resume=True)
+    assert resumed.units() == [] and holder(run)["pid"] == os.getpid()
+    resumed.close()
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
