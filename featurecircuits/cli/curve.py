@@ -81,6 +81,7 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
     task, n = inputs.task(req.task, model, loaded)
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
+    inputs.check_dictionaries(model, dicts, task, n)
     curve = faithfulness_curve(model, dicts, task, methods=req.methods, attribution=req.attribution.config(),
                                thresholds=req.thresholds, relative=not req.absolute, config=req.ablation.config(),
                                n_examples=n, batch_size=req.task.batch_size, progress=True, checkpoint=checkpoint,

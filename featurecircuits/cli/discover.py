@@ -74,6 +74,7 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model)
     task, n = inputs.task(req.task, model, loaded)
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
+    inputs.check_dictionaries(model, dicts, task, n)
     start = time.perf_counter()
     circuit = discover(model, dicts, task, config=req.attribution.config(), node_threshold=req.node_threshold,
                        edge_threshold=req.edge_threshold, top_k=req.top_k, aggregation=req.aggregation,

@@ -60,6 +60,7 @@ def run(req: Request) -> int:
         raise UsageError(f"{req.circuit}: {exc}") from None
     inputs.check_features(req.circuit, circuit, dicts)
     task, n = inputs.task(req.task, model, loaded)
+    inputs.check_dictionaries(model, dicts, task, n)
     result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n,
                       batch_size=req.task.batch_size)
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",

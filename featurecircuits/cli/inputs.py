@@ -71,6 +71,21 @@ def task(options: TaskOptions, model, loaded=None):
     return generated, n
 
 
+def check_dictionaries(model, dicts, task, n: int | None) -> None:
+    """Warn, naming them, about dictionaries that explain less than half of their submodule's variance on the
+    task's first prompts (one small forward; :mod:`featurecircuits.dictionaries.quality`)."""
+    if not dicts or model.tokenizer is None:
+        return
+    import torch
+
+    from ..dictionaries import check_explained_variance
+
+    rows = 8  # pairs: their clean and patch prompts
+    batch = task.batches(model.tokenizer, rows, n=min(n or len(task), rows))[0]
+    check_explained_variance(model, dicts, torch.cat([batch.clean, batch.patch]),
+                             where=f"the first prompts of {task.name}")
+
+
 def kind_submodules(kinds, model, dicts) -> list[str] | None:
     """The candidate submodules under --kinds (those with dictionaries, or all, of those kinds)."""
     if kinds is None:

@@ -15,6 +15,7 @@ _API = {
     "IdentityDictionary": "base",
     "FORMATS": "formats", "FormatInfo": "formats",
     "cache_dir": "hub", "download_dictionaries": "hub", "resolve_dictionaries": "hub",
+    "check_explained_variance": "quality", "explained_variance": "quality",
     "check_dictionary": "sets", "decoder_norms": "sets", "describe": "sets", "dictionary_widths": "sets",
     "load_dictionaries": "sets", "load_dictionary": "sets", "neuron_dictionaries": "sets", "save_dictionary": "sets",
     "parse_spec": "spec", "spec_of": "spec", "SpecPart": "spec",

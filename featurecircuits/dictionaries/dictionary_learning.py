@@ -190,6 +190,11 @@ def load_set(part, model, *, l0=None, wanted=None) -> list[tuple[str, Dictionary
     root = resolve_dictionaries(part.target)
     if not root.is_dir():
         raise FileNotFoundError(f"dictionary root {root} is not a directory")
+    names = {s.name for s in model.all_submodules}
+    for entry in root.iterdir():
+        if canonical_name(entry.name) in names and entry.is_symlink() and not entry.exists():
+            raise FileNotFoundError(f"{entry}: the dictionary folder of {canonical_name(entry.name)} is a symlink that "
+                                    "cannot be followed (a loop, or its target is missing)")
     present = {canonical_name(p.name) for p in root.iterdir() if p.is_dir()}
     subs = [s for s in model.all_submodules if s.name in present and (wanted is None or s.name in wanted)]
     if not subs and wanted is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,16 @@ def _normalization(norm, where) -> str:
     return norm
 
 
+def check_scale(value, where, key: str) -> float | None:
+    """A scale factor (``norm_scaling_factor``): None, or a finite number > 0; else an error naming the key."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {key} is {value!r}; a scale factor must be a finite number > 0 (it multiplies "
+                         "every input of the SAE): fix or remove it")
+    return float(value)
+
+
 def parse_config(cfg: dict, where: Path | str = CFG_FILE) -> SAELensConfig:
     """Normalise a SAELens cfg.json (v6 ``metadata`` layout or older flat layouts)."""
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
@@ -129,7 +140,7 @@ def parse_config(cfg: dict, where: Path | str = CFG_FILE) -> SAELensConfig:
         k=None if k is None else int(k),
         rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
         finetuning_scaling_factor=bool(cfg.get("finetuning_scaling_factor", False)),
-        norm_scaling_factor=get("norm_scaling_factor"),
+        norm_scaling_factor=check_scale(get("norm_scaling_factor"), where, "norm_scaling_factor"),
         model_name=str(get("model_name", default="")),
     )
 
@@ -161,13 +172,17 @@ def from_state(cfg: SAELensConfig, state: dict[str, torch.Tensor], where: Path |
     W_enc, W_dec, b_dec = state["W_enc"], state["W_dec"], state["b_dec"]
     b_enc = state.get("b_enc")
     scale = state.get("scaling_factor")
+    if scale is not None and bool((scale == 0).any()):
+        raise ValueError(f"{where}: tensor 'scaling_factor' holds {int((scale == 0).sum())} zero(s); a scale factor "
+                         "must be nonzero (a zero silences its feature's decoder): fix the weights")
     if scale is not None and not torch.all(scale == 1):
         if not cfg.finetuning_scaling_factor:
             raise ValueError(f"{where}: holds a scaling_factor that is not all ones but cfg.json has "
                              "finetuning_scaling_factor false; which one is right is unclear")
         W_dec = W_dec * scale[:, None]  # decode(f) = (f ⊙ s) W_dec + b_dec
     if cfg.normalize_activations == "expected_average_only_in":
-        factor = norm_scaling_factor if norm_scaling_factor is not None else cfg.norm_scaling_factor
+        factor = check_scale(norm_scaling_factor, "the norm_scaling_factor argument", "norm_scaling_factor") \
+            if norm_scaling_factor is not None else cfg.norm_scaling_factor
         if factor is None:
             raise ValueError(f"{where}: normalize_activations is 'expected_average_only_in' but the dataset-wide "
                              "scaling factor is not known; pass norm_scaling_factor=... (SAELens releases list it) "

@@ -101,7 +101,8 @@ def load_dictionaries(
                                     f"{', '.join(found) or 'none'}; looked for folders {looked}, or SAEs whose "
                                     "hook maps to them)")
     out = {s.name: found[s.name] for s in model.all_submodules if s.name in found}
-    log.info("%s", describe(out, model))
+    partial = submodules is None and any(s.name not in out for s in model.submodules)
+    (log.warning if partial else log.info)("%s", describe(out, model))
     return out
 
 
@@ -118,13 +119,17 @@ def dictionary_widths(spec) -> dict[str, tuple[int, int]]:
 
 
 def describe(dictionaries: dict[str, Dictionary], model: Model) -> str:
-    """Which submodules carry dictionaries (and so nodes), and which do not."""
+    """Which submodules carry dictionaries (and so nodes), and which do not (a whole kind without any as
+    ``every attn``): ``dictionaries on 18 of 19 submodules; without (no nodes): mlp_3``."""
     have = [s.name for s in model.all_submodules if s.name in dictionaries]
-    without = [s.name for s in model.submodules if s.name not in dictionaries]  # z_l only when asked for
+    without = [s for s in model.submodules if s.name not in dictionaries]  # z_l only when asked for
     text = f"dictionaries on {len(have)} of {len(have) + len(without)} submodules: {', '.join(have) or 'none'}"
-    if without:
-        text += f"; without (no nodes): {', '.join(without)}"
-    return text
+    if not without:
+        return text
+    whole = sorted({s.kind for s in without if s.kind != "embed"
+                    and all(t.name not in dictionaries for t in model.submodules if t.kind == s.kind)})
+    named = [s.name for s in without if s.kind not in whole] + [f"every {k}" for k in whole]
+    return f"{text}; without (no nodes): {', '.join(named)}"
 
 
 def neuron_dictionaries(model: Model, submodules=None) -> dict[str, Dictionary]:
