@@ -122,6 +122,15 @@ class Model:
         return int(self.config.hidden_size)
 
     @property
+    def context_length(self) -> int | None:
+        """The longest input the model was built for (``max_position_embeddings``/``n_positions``), if it says."""
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    @property
     def z_width(self) -> int:
         """Width of ``z_l``: attention heads × head dimension (differs from d_model in e.g. Gemma)."""
         heads = int(self.config.num_attention_heads)
@@ -252,6 +261,10 @@ def _load_pretrained(name: str, source: str, tokenizer, dtype, device_map=None, 
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
+        if Path(source).is_dir() or exc.errno is not None:  # a local folder, or the file system: its own message
+            where = exc.filename or source
+            raise OSError(f"could not load model {name!r} from {where}: "
+                          f"{exc.strerror or ' '.join(str(exc).split())}") from exc
         raise FileNotFoundError(
             f"could not load model {name!r}: not a local directory with config.json and weights, and "
             f"not reachable on the Hugging Face hub ({exc.__class__.__name__}). Use 'organism' offline."

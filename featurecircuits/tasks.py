@@ -261,7 +261,8 @@ def load_task(path: str | Path, tokenizer=None, *, name: str | None = None) -> T
     path = Path(path)
     text = read_text(path, "task file")
     examples = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at "\n" only (str.splitlines would also split at U+2028 and others, which JSON strings may hold)
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -291,9 +292,10 @@ def warn_duplicates(task: Task, source: str) -> int:
     return repeats
 
 
-def validate(task: Task, tokenizer, *, source: str = "task") -> None:
-    from .data import single_token
-
+def validate(task: Task, tokenizer, *, source: str = "task", context: int | None = None) -> None:
+    """Check every pair against the tokenizer, before any work: words in the vocabulary, clean and patch of
+    one token length and not the same tokens, single-token answers that are not the same token, and (with
+    ``context``, the model's context length) prompts that fit. Errors name the example and show the tokens."""
     unk = getattr(tokenizer, "unk_token_id", None)
     for i, ex in enumerate(task.examples, 1):
         c, p = tokenizer.encode(ex["clean_prefix"]), tokenizer.encode(ex["patch_prefix"])
@@ -303,11 +305,30 @@ def validate(task: Task, tokenizer, *, source: str = "task") -> None:
         if len(c) != len(p):
             raise ValueError(f"{source} example {i}: clean prefix has {len(c)} tokens "
                              f"({ex['clean_prefix']!r}) but patch prefix has {len(p)} ({ex['patch_prefix']!r})")
-        for f in ("clean_answer", "patch_answer"):
-            try:
-                single_token(tokenizer, ex[f])
-            except ValueError as exc:
-                raise ValueError(f"{source} example {i}: {exc}") from None
+        if c == p:
+            raise ValueError(f"{source} example {i}: clean_prefix {ex['clean_prefix']!r} and patch_prefix "
+                             f"{ex['patch_prefix']!r} are the same tokens ({tokenizer.convert_ids_to_tokens(c)}); "
+                             "patching would change nothing")
+        if context is not None and len(c) > context:
+            raise ValueError(f"{source} example {i}: the prompts have {len(c)} tokens, more than the model's context "
+                             f"of {context} tokens; shorten them")
+        _check_answers(tokenizer, ex, f"{source} example {i}")
+
+
+def _check_answers(tokenizer, ex: dict, where: str) -> None:
+    """Both answers single tokens, and not the same one (the logit difference would be 0)."""
+    from .data import single_token
+
+    ids = []
+    for f in ("clean_answer", "patch_answer"):
+        try:
+            ids.append(single_token(tokenizer, ex[f]))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    if ids[0] == ids[1]:
+        raise ValueError(f"{where}: clean_answer {ex['clean_answer']!r} and patch_answer {ex['patch_answer']!r} are "
+                         f"the same token ({tokenizer.convert_ids_to_tokens(ids[:1])[0]!r}, id {ids[0]}); the metric, "
+                         "their logit difference, would be 0")
 
 
 def check_count(name: str, value) -> None:

@@ -12,10 +12,17 @@ from .options import ModelOptions, TaskOptions
 
 
 def file_task(options: TaskOptions):
-    """A --task that is a file, loaded and checked against the task schema (no model needed); None for a name."""
+    """A --task that is a file, loaded and checked against the task schema (no model needed); None for a name.
+    A task name is the generated task even where the current folder holds a file or folder of that name (a
+    note says it is not read; ``./ioi`` reads it)."""
     from ..tasks import load_task
 
     path = Path(options.task)
+    if options.task in TASK_NAMES:
+        if path.exists():
+            print(f"note: --task {options.task} is the generated task; the {'folder' if path.is_dir() else 'file'} "
+                  f"{options.task} here is not read (give ./{options.task} to read it)", file=sys.stderr)
+        return None
     if path.is_dir():
         raise UsageError(f"--task {path} is a directory; give a JSONL file or a task name ({', '.join(TASK_NAMES)})")
     if path.is_file():
@@ -52,7 +59,7 @@ def task(options: TaskOptions, model, loaded=None):
     if loaded is None:
         loaded = file_task(options)  # None for a task name
     if loaded is not None:
-        validate(loaded, model.tokenizer, source=str(options.task))
+        validate(loaded, model.tokenizer, source=str(options.task), context=model.context_length)
         return loaded, options.n
     words = words_for(model.tokenizer)
     n = options.n
@@ -67,7 +74,7 @@ def task(options: TaskOptions, model, loaded=None):
     generated = Task(options.task, make_task(options.task, n, seed=options.seed, words=words,
                                              tokenizer=model.tokenizer),
                      source={"generator": options.task, "n": n, "seed": options.seed, "words": words})
-    validate(generated, model.tokenizer, source=f"generated {options.task}")
+    validate(generated, model.tokenizer, source=f"generated {options.task}", context=model.context_length)
     return generated, n
 
 
