@@ -7,7 +7,6 @@ are kept, and ``logit`` for the metric. Circuits are saved as versioned JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "featurecircuits.circuit"
 SCHEMA_VERSION = 1
+DEFAULT_NODE_THRESHOLD = 0.1  # discover's, where neither a threshold nor a top-k is given
 
 
 @dataclass
@@ -113,7 +113,11 @@ class Circuit:
                 "edges": edges}
 
     def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=False)
+        """The circuit as JSON text (written to ``path`` when given); a ValueError naming the field where a
+        number is NaN or infinite (strict JSON has neither, and nothing is written)."""
+        from .schemas import finite_json
+
+        text = finite_json(self.to_dict(), f"circuit {path or ''}".strip(), indent=1, sort_keys=False)
         if path is not None:
             atomic_write_text(Path(path), text + "\n")
         return text
@@ -137,11 +141,19 @@ class Circuit:
             if node["id"] in g:
                 raise UsageError(f"{where}: $.nodes[{i}].id: node {node['id']!r} is listed twice")
             g.add_node(node["id"], **attrs)
+        seen: dict[tuple[str, str], int] = {}
         for i, e in enumerate(data["edges"]):
             for end in ("source", "target"):
                 if e[end] not in g:
                     raise UsageError(f"{where}: $.edges[{i}].{end}: edge refers to unknown node {e[end]!r}")
-            g.add_edge(e["source"], e["target"], weight=e["weight"])
+            pair = (e["source"], e["target"])
+            if pair[0] == pair[1]:
+                raise UsageError(f"{where}: $.edges[{i}]: edge from {pair[0]!r} to itself; a circuit has no self-loops")
+            if pair in seen:
+                raise UsageError(f"{where}: $.edges[{i}]: edge {pair[0]!r} → {pair[1]!r} is listed twice (also "
+                                 f"$.edges[{seen[pair]}]); give each edge once, with its one weight")
+            seen[pair] = i
+            g.add_edge(*pair, weight=e["weight"])
         circuit = cls(g, data.get("metadata", {}))
         if model is not None:
             try:
@@ -301,7 +313,7 @@ def discover(
     task,
     *,
     config: AttributionConfig | None = None,
-    node_threshold: float = 0.1,
+    node_threshold: float | None = None,
     edge_threshold: float = 0.01,
     top_k: int | None = None,
     aggregation: Aggregation = "sum",
@@ -316,10 +328,14 @@ def discover(
     **options,
 ) -> Circuit:
     """Score nodes (``config``, or keyword ``options`` such as ``method="ig"``), keep those with |mean score|
-    ≥ ``node_threshold`` (or the ``top_k``), score edges among them and keep those with |weight| ≥
-    ``edge_threshold``. Per-batch attributions are kept for edges up to ``memory_budget`` bytes.
+    ≥ ``node_threshold`` (default 0.1), or the ``top_k`` largest, or (both given) the ``top_k`` largest of those
+    ≥ ``node_threshold``; score edges among them and keep those with |weight| ≥ ``edge_threshold``. The
+    metadata records the threshold and top-k that were applied (``node_threshold`` None: none was).
+    Per-batch attributions are kept for edges up to ``memory_budget`` bytes.
     ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores."""
     cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
+    if node_threshold is None and top_k is None:
+        node_threshold = DEFAULT_NODE_THRESHOLD
     check_threshold("node_threshold", node_threshold)
     check_threshold("edge_threshold", edge_threshold)
     check_aggregation(aggregation)

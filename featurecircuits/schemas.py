@@ -25,7 +25,8 @@ from pydantic import (
 
 from .errors import UsageError
 
-__all__ = ["CircuitFile", "TaskLine", "json_path", "parse_json", "read_text", "validate_circuit", "validate_task_line"]
+__all__ = ["CircuitFile", "TaskLine", "finite_json", "json_path", "nonfinite", "nulls_for_nonfinite", "parse_json",
+           "read_text", "validate_circuit", "validate_task_line"]
 
 
 def read_text(path: Path, what: str) -> str:
@@ -53,6 +54,45 @@ def parse_json(text: str, where: str) -> Any:
         raise UsageError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise UsageError(f"{where}: JSON nested too deeply to read") from None
+
+
+def nonfinite(obj: Any, path: str = "$") -> tuple[str, float] | None:
+    """The JSON path and value of the first NaN or infinity in a JSON-able object (None when there is none)."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path, obj)
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}" if str(k).isidentifier() else f"{path}[{json.dumps(str(k))}]", v)
+                 for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for where, value in items:
+        found = nonfinite(value, where)
+        if found is not None:
+            return found
+    return None
+
+
+def nulls_for_nonfinite(obj: Any) -> Any:
+    """A JSON-able object with every NaN or infinity replaced by null (for values that may be undefined, such
+    as a faithfulness whose denominator is 0), so that it is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nulls_for_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nulls_for_nonfinite(v) for v in obj]
+    return obj
+
+
+def finite_json(obj: Any, where: str, **options) -> str:
+    """``json.dumps`` of an object holding finite numbers only (strict JSON has no NaN or infinity); a
+    ValueError naming ``where`` and the field otherwise."""
+    found = nonfinite(obj)
+    if found is not None:
+        raise ValueError(f"{where}: {found[0]} is {found[1]}, and JSON holds finite numbers only; nothing was written")
+    return json.dumps(obj, allow_nan=False, **options)
 
 
 def json_path(loc: tuple) -> str:
@@ -214,3 +254,7 @@ def validate_circuit(data: Any, where: str, *, schema: str, version: int) -> Non
     except ValidationError as exc:
         path, what = _first_error(exc)
         raise UsageError(f"{where}: {path}: {what}") from None
+    found = nonfinite(data)
+    if found is not None:
+        raise UsageError(f"{where}: {found[0]}: must be a finite number, got {found[1]} (NaN and Infinity are not "
+                         "JSON numbers)")

@@ -148,22 +148,24 @@ def node_values(means: dict[PartKey, torch.Tensor], features: Collection[str], *
 
 def select(values: dict[Node, float], *, threshold: float | None = None, top_k: int | None = None
            ) -> dict[Node, float]:
-    """The nodes with |score| ≥ ``threshold``, or the ``top_k`` largest |score| (ties in listing order)."""
+    """The nodes with |score| ≥ ``threshold`` (all when None), at most the ``top_k`` largest |score| of them
+    (ties in listing order)."""
     check_threshold("threshold", threshold)
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
-        return dict(sorted(values.items(), key=lambda kv: -abs(kv[1]))[:top_k])
-    if threshold is None:
-        return dict(values)
-    return {k: v for k, v in values.items() if abs(v) >= threshold}
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+    kept = dict(values) if threshold is None else {k: v for k, v in values.items() if abs(v) >= threshold}
+    return kept if top_k is None else dict(sorted(kept.items(), key=lambda kv: -abs(kv[1]))[:top_k])
 
 
 def select_nodes(scores: NodeScores, splice: Splice, *, threshold: float | None = None,
                  top_k: int | None = None) -> dict[Node, float]:
-    """Selection by ``top_k`` when given, else by ``threshold``."""
+    """The nodes with |score| ≥ ``threshold``, or the ``top_k`` largest |score|, or, both given, the ``top_k``
+    largest of those with |score| ≥ ``threshold`` (a threshold of 0 with ``top_k``: no threshold, the nonzero
+    nodes ranked)."""
     if top_k is not None:
-        return select(node_values(scores.means, splice.dictionaries), top_k=top_k)
+        threshold = threshold or None
+        return select(node_values(scores.means, splice.dictionaries, threshold=threshold), threshold=threshold,
+                      top_k=top_k)
     return select(node_values(scores.means, splice.dictionaries, threshold=threshold), threshold=threshold)
 
 

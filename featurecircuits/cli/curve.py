@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from ..registry import METHODS
 from . import inputs, runs
-from .guards import check_outputs, input_paths
+from .guards import check_curve_thresholds, check_outputs, input_paths
 from .options import (
     AblationOptions,
     AttributionOptions,
@@ -72,8 +73,10 @@ def run(req: Request) -> int:
     from ..evaluation import faithfulness_curve
     from ..fileio import atomic_write_many
     from ..plots import curve_figure
-    from ..report import table
+    from ..report import auc_cell, no_auc, table
+    from ..schemas import nulls_for_nonfinite
 
+    check_curve_thresholds(req.thresholds, absolute=req.absolute)
     reads = input_paths(task=req.task.task, model=req.model.model, dictionaries=req.model.dictionaries_spec)
     check_outputs(reads, {"--out": req.out, "--html": req.html},
                   {"--run-dir": (str(runs.run_folder(req.run, req.out, NAME)), [])})
@@ -86,10 +89,13 @@ def run(req: Request) -> int:
                                thresholds=req.thresholds, relative=not req.absolute, config=req.ablation.config(),
                                n_examples=n, batch_size=req.task.batch_size, progress=True, checkpoint=checkpoint,
                                submodules=inputs.kind_submodules(req.kinds, model, dicts))
-    rows = [{"method": m, "AUC faithfulness": f"{curve.auc(m):.3f}",
-             "AUC completeness": f"{curve.auc(m, 'completeness'):.3f}"} for m in curve.methods()]
+    rows = [{"method": m, "AUC faithfulness": auc_cell(curve, m, "faithfulness"),
+             "AUC completeness": auc_cell(curve, m, "completeness")} for m in curve.methods()]
     print(table(rows, list(rows[0])))
-    files = {req.out: json.dumps(curve.to_dict(), indent=1)}
+    for m in curve.methods():
+        if no_auc(curve, m):
+            print(f"note: no AUC for {m}: {no_auc(curve, m)}", file=sys.stderr)
+    files = {req.out: json.dumps(nulls_for_nonfinite(curve.to_dict()), indent=1, allow_nan=False)}
     if req.html:
         files[req.html] = inputs.page(curve_figure(curve))
     atomic_write_many(files)

@@ -29,10 +29,14 @@ HELP = "find a circuit and save it as JSON (and HTML)"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
-    p.add_argument("--node-threshold", type=threshold, default=0.1, help="keep nodes with |mean score| ≥ this")
+    p.add_argument("--node-threshold", type=threshold, default=None,
+                   help="keep nodes with |mean score| ≥ this (default: 0.1; with --top-k none, and both given: the "
+                        "K largest of the nodes ≥ this)")
     p.add_argument("--edge-threshold", type=threshold, default=0.01,
                    help="keep edges with |weight| ≥ this (the demo uses 0.02)")
-    p.add_argument("--top-k", type=nonnegative_int, help="keep the K nodes with the largest |score| instead")
+    p.add_argument("--top-k", type=nonnegative_int,
+                   help="keep the K nodes with the largest |score| instead (with --node-threshold: at most K of "
+                        "those above it; the circuit records both)")
     add_kinds(p)
     p.add_argument("--aggregation", choices=["sum", "none"], default="sum",
                    help="sum node scores over positions, or keep one node per position")
@@ -47,7 +51,7 @@ class Request:
     model: ModelOptions
     task: TaskOptions
     attribution: AttributionOptions
-    node_threshold: float
+    node_threshold: float | None
     edge_threshold: float
     top_k: int | None
     kinds: tuple[str, ...] | None
