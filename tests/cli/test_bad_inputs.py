@@ -304,7 +304,7 @@ CASES = [
      ["--out", "does not exist"]),
     ("output", "out-in-shipped-dictionaries", {}, ["discover", "--task", "ioi", "--out",
                                                    str(REPO / "dictionaries" / "organism" / "x.json")], 2,
-     ["--out", "overwrite the dictionaries"]),
+     ["--out", "would write into the folder of the dictionaries"]),
     ("output", "out-is-the-shipped-model", {}, ["discover", "--task", "ioi", "--out",
                                                 str(REPO / "models" / "organism" / "config.json")], 2,
      ["--out", "overwrite the organism model"]),
@@ -313,7 +313,7 @@ CASES = [
      ["--html", "overwrite the dictionaries"]),
     ("output", "out-inside-saelens-dictionaries", {}, D + ["--task", "ioi", "--dictionaries", "saelens:{t}/full",
                                                         "--html", "{t}/full/new.html"], 2,
-     ["--html", "overwrite the dictionaries"]),
+     ["--html", "would write into the folder of the dictionaries"]),
     ("output", "evaluate-out-is-the-circuit", {}, E + ["--circuit", "{t}/circuit.json", "--out", "{t}/circuit.json"],
      2, ["--out", "overwrite the circuit file"]),
     ("output", "evaluate-out-is-the-task", {}, E + ["--circuit", "{t}/circuit.json", "--out", "{t}/good.jsonl"], 2,
@@ -340,7 +340,7 @@ CASES = [
      ["{t}", "not a featurecircuits run folder"]),
     ("output", "run-dir-inside-the-dictionaries", {}, D + ["--task", "ioi", "--dictionaries", "{t}/full",
                                                         "--run-dir", "{t}/full/run"], 2,
-     ["--run-dir", "overwrite the dictionaries"]),
+     ["--run-dir", "would write into the folder of the dictionaries"]),
     ("output", "run-dir-not-a-run-folder", {}, D + ["--task", "ioi", "--run-dir", "{t}/full"], 2,
      ["full", "not a featurecircuits run folder"]),
     ("output", "train-out-not-empty", {}, ["organism", "train", "--out", "{t}/full"], 2,
@@ -349,6 +349,196 @@ CASES = [
     ("option", "card-out-without-a-model", {}, ["organism", "card", "--out", "{t}/full"], 2,
      ["--out", "no model folder"]),
 ]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Issue 26 (reliability, second pass): run folders, checkpoints, dictionaries, degenerate tasks, numbers, blame.
+# A files entry "*" is a function run on the case's folder at setup (run folders with real checkpoints, a held
+# lock, links); "@cwd" runs the case from the case's folder.
+
+HOLDERS: list = []  # run folders held (locked) in this process for a case, released after it
+
+
+def _run_folder(t: Path, name: str = "earlier.json.run", command: str = "discover", units: int = 2):
+    """An interrupted run folder with real checkpoints (as an interrupted run leaves it)."""
+    import torch
+
+    from featurecircuits.checkpoint import RunDir
+
+    run = RunDir(t / name, {"command": command, "task": "t"})
+    for i in range(units):
+        run.save(f"nodes-{i}", {"totals": {"resid_0|act": torch.full((3,), float(i + 1))}})
+    run.close()
+    return t / name
+
+
+def _tampered(how: str):
+    def setup(t: Path) -> None:
+        import torch
+
+        run = _run_folder(t)
+        first, second = run / "nodes-0.pt", run / "nodes-1.pt"
+        data = second.read_bytes()
+        if how == "swapped":  # nodes-0.pt copied over nodes-1.pt
+            second.write_bytes(first.read_bytes())
+        elif how == "sign-flipped":
+            torch.save({"totals": {"resid_0|act": -torch.full((3,), 2.0)}}, second)
+        elif how == "scaled":
+            torch.save({"totals": {"resid_0|act": 1000 * torch.full((3,), 2.0)}}, second)
+        elif how == "truncated":
+            second.write_bytes(data[:len(data) // 2])
+        else:
+            second.write_bytes(b"")
+    return setup
+
+
+def _old_run_folder(t: Path) -> None:
+    """A run folder written before checkpoints carried hashes (run.json was the key itself)."""
+    (t / "earlier.json.run").mkdir()
+    (t / "earlier.json.run" / "run.json").write_text(json.dumps({"command": "discover", "top_k": 5}))
+    (t / "earlier.json.run" / "nodes-0.pt").write_bytes(b"old")
+
+
+def _held(t: Path) -> None:
+    """The run folder of a run going on (held in this process, as another process would hold it)."""
+    from featurecircuits.checkpoint import RunDir
+
+    HOLDERS.append(RunDir(t / "earlier.json.run", {"command": "discover"}))
+
+
+def _dictionary_set(t: Path, *, leave_out: str = "", loop: bool = False) -> None:
+    """The organism's dictionaries linked into {t}/dl, one submodule left out or a symlink loop in its place."""
+    from featurecircuits.paths import DICTIONARY_ROOT
+
+    (t / "dl").mkdir()
+    for folder in sorted((DICTIONARY_ROOT / "organism").iterdir()):
+        if folder.is_dir() and folder.name != leave_out:
+            (t / "dl" / folder.name).symlink_to(folder)
+    if loop:
+        (t / "dl" / leave_out).symlink_to(t / "dl" / leave_out)
+
+
+def _saelens(t: Path, factor: str) -> None:
+    """A SAELens folder whose cfg.json gives a norm_scaling_factor (the weights are never read)."""
+    folder = t / "sae" / "blocks.0.hook_resid_post"
+    folder.mkdir(parents=True)
+    (folder / "sae_weights.safetensors").write_bytes(b"never read")
+    (folder / "cfg.json").write_text('{"architecture": "standard", "d_in": 128, "d_sae": 64, "normalize_activations": '
+                                     '"expected_average_only_in", "norm_scaling_factor": ' + factor +
+                                     ', "metadata": {"hook_name": "blocks.0.hook_resid_post"}}')
+
+
+LONG = " ".join(["the"] * 130)
+T = ["--task", "{t}/t.jsonl"]
+C = ["--circuit", "{t}/c.json"]
+
+SECOND_PASS = [
+    # -------------------------------------------------------------------------------- run folders
+    ("run", "interrupted-run-without-resume-or-restart", {"*": _run_folder}, D + ["--task", "{t}/good.jsonl"], 2,
+     ["earlier.json.run holds an interrupted run", "a discover run (2 checkpoints", "--resume", "--restart"]),
+    ("run", "curve-run-folder-given-to-discover", {"*": lambda t: _run_folder(t, "runs", "curve")},
+     D + ["--task", "{t}/good.jsonl", "--run-dir", "{t}/runs"], 2,
+     ["runs holds an interrupted run, a curve run", "--resume", "--restart"]),
+    ("run", "curve-run-folder-resumed-by-discover", {"*": lambda t: _run_folder(t, "runs", "curve")},
+     D + ["--task", "{t}/good.jsonl", "--run-dir", "{t}/runs", "--resume"], 2,
+     ["runs holds a curve run", "not a discover run", "--restart"]),
+    ("run", "run-folder-in-use", {"*": _held}, D + ["--task", "{t}/good.jsonl", "--restart"], 2,
+     ["earlier.json.run is in use by process", "featurecircuits discover", "another folder"]),
+    ("run", "run-folder-in-use-resume", {"*": _held}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["earlier.json.run is in use by process"]),
+    ("run", "curve-run-folder-in-use", {"*": _held},
+     ["curve", "--task", "ioi", "--out", "{t}/c.json", "--run-dir", "{t}/earlier.json.run"], 2,
+     ["earlier.json.run is in use by process"]),
+    ("run", "checkpoint-swapped", {"*": _tampered("swapped")}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["checkpoint {t}/earlier.json.run/nodes-1.pt has changed since it was saved", "--restart"]),
+    ("run", "checkpoint-sign-flipped", {"*": _tampered("sign-flipped")}, D + ["--task", "{t}/good.jsonl", "--resume"],
+     2, ["nodes-1.pt has changed since it was saved"]),
+    ("run", "checkpoint-scaled", {"*": _tampered("scaled")}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["nodes-1.pt has changed since it was saved"]),
+    ("run", "checkpoint-truncated", {"*": _tampered("truncated")}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["nodes-1.pt has changed since it was saved", "truncated"]),
+    ("run", "checkpoint-empty", {"*": _tampered("empty")}, D + ["--task", "{t}/good.jsonl", "--resume"], 2,
+     ["nodes-1.pt has changed since it was saved (0 bytes"]),
+    ("run", "checkpoint-missing", {"*": lambda t: (_run_folder(t) / "nodes-1.pt").unlink()},
+     D + ["--task", "{t}/good.jsonl", "--resume"], 2, ["nodes-1.pt is listed in", "missing"]),
+    ("run", "run-folder-of-an-older-version", {"*": _old_run_folder}, D + ["--task", "{t}/good.jsonl", "--resume"],
+     2, ["older featurecircuits", "--restart"]),
+    ("run", "resume-and-restart", {}, D + ["--task", "{t}/good.jsonl", "--resume", "--restart"], 2,
+     ["--restart", "not allowed with argument --resume"]),
+    ("run", "restart-a-folder-that-is-not-a-run-folder", {}, D + ["--task", "ioi", "--run-dir", "{t}/full",
+                                                                 "--restart"], 2,
+     ["full", "not a featurecircuits run folder"]),
+    # ---------------------------------------------------------------------------- dictionaries
+    ("dictionaries", "symlink-loop-in-place-of-a-folder", {"*": lambda t: _dictionary_set(t, leave_out="mlp_3",
+                                                                                           loop=True)},
+     D + ["--task", "{t}/good.jsonl", "--dictionaries", "{t}/dl"], 2,
+     ["{t}/dl/mlp_3", "dictionary folder of mlp_3", "symlink", "loop"]),
+    ("dictionaries", "norm-scaling-factor-nan", {"*": lambda t: _saelens(t, "NaN")},
+     D + ["--task", "{t}/good.jsonl", "--dictionaries", "saelens:{t}/sae"], 2,
+     ["blocks.0.hook_resid_post/cfg.json", "norm_scaling_factor is nan", "finite number > 0"]),
+    ("dictionaries", "norm-scaling-factor-zero", {"*": lambda t: _saelens(t, "0")},
+     D + ["--task", "{t}/good.jsonl", "--dictionaries", "saelens:{t}/sae"], 2,
+     ["cfg.json", "norm_scaling_factor is 0"]),
+    ("dictionaries", "spec-without-a-target", {}, D + ["--task", "{t}/good.jsonl", "--dictionaries", "saelens:"], 2,
+     ["--dictionaries 'saelens:'", "names no folder or release"]),
+    # ----------------------------------------------------------------------------- degenerate tasks
+    ("task", "answers-one-token", {"t.jsonl": _json({**GOOD[0], "clean_answer": "is", "patch_answer": " is"})},
+     D + T, 2,
+     ["t.jsonl example 1", "clean_answer 'is' and patch_answer ' is'", "same token"]),
+    ("task", "prompts-equal-after-tokenization", {"t.jsonl": _json({**GOOD[0], "patch_prefix": GOOD[0][
+        "clean_prefix"].replace(" that", "  that")})}, D + T, 2, ["t.jsonl example 1", "are the same tokens"]),
+    ("task", "prompts-longer-than-the-context", {"t.jsonl": _json({**GOOD[0], "clean_prefix": "The athlete " + LONG,
+                                                                   "patch_prefix": "The athletes " + LONG})},
+     D + T, 2, ["t.jsonl example 1", "132 tokens", "context of 128 tokens"]),
+    ("task", "jsonl-split-on-newlines-only", {"t.jsonl": _json({**GOOD[0], "clean_prefix": "The\u2028athlete"})[:-1]
+                                              .replace("\\u2028", "\u2028") + "}\n{oops\n"},
+     D + T, 2, ["t.jsonl:2", "not valid JSON"]),
+    ("task", "a-folder-named-like-a-task-does-not-shadow-it", {"ioi/x": "", "@cwd": True},
+     ["curve", "--task", "ioi", "--start-layer", "6", "--out", "{t}/earlier.json"], 2,
+     ["--task ioi is the generated task", "give ./ioi to read it", "--start-layer 6"]),
+    # ---------------------------------------------------------------------------------------- numbers
+    ("option", "curve-relative-thresholds-above-1", {}, ["curve", "--task", "ioi", "--thresholds", "2,5", "--out",
+                                                         "{t}/earlier.json"], 2,
+     ["--thresholds 2,5", "above 1 no node is kept", "--absolute"]),
+    ("option", "curve-one-threshold", {}, ["curve", "--task", "ioi", "--thresholds", "0", "--out",
+                                           "{t}/earlier.json"], 2, ["--thresholds 0", "at least two different"]),
+    ("option", "curve-one-absolute-threshold", {}, ["curve", "--task", "ioi", "--thresholds", "1e308", "--absolute",
+                                                    "--out", "{t}/earlier.json"], 2,
+     ["--thresholds 1e+308", "at least two different"]),
+    ("option", "curve-repeated-threshold", {}, ["curve", "--task", "ioi", "--thresholds", "0.1,0.1", "--out",
+                                                "{t}/earlier.json"], 2, ["at least two different"]),
+    ("circuit", "infinity-in-metadata", {"c.json": _json(_circuit(**{"metadata.metric_base": float("inf")}))}, E + C,
+     2, ["c.json", "$.metadata.metric_base", "finite", "inf"]),
+    ("circuit", "nan-in-node-attribute", {"c.json": _json(_circuit(**{"nodes.1.activation": float("nan")}))},
+     P + C, 2, ["c.json", "$.nodes[1].activation", "finite"]),
+    ("circuit", "export-infinity-in-metadata", {"c.json": _json(_circuit(**{"metadata.x": float("-inf")}))},
+     ["export", "--circuit", "{t}/c.json", "--out", "{t}/exp"], 2, ["c.json", "$.metadata.x", "finite"]),
+    ("circuit", "duplicate-edge", {"c.json": _json(_circuit(edges=[
+        {"source": "resid_5/f3", "target": "logit", "weight": 0.5},
+        {"source": "resid_5/f3", "target": "logit", "weight": -2.0}]))}, E + C, 2,
+     ["c.json", "$.edges[1]", "listed twice", "$.edges[0]"]),
+    ("circuit", "self-loop-edge", {"c.json": _json(_circuit(**{"edges.1.target": "mlp_2/err"}))}, P + C, 2,
+     ["c.json", "$.edges[1]", "'mlp_2/err' to itself"]),
+    # ------------------------------------------------------------------------------ placement options
+    ("option", "device-unknown", {}, D + ["--task", "ioi", "--device", "banana"], 2,
+     ["--device 'banana' is not a device", "cuda:N"]),
+    ("option", "device-meta", {}, E + ["--circuit", "{t}/circuit.json", "--device", "meta"], 2,
+     ["--device meta", "holds no weights"]),
+    ("option", "device-cuda-without-cuda", {}, D + ["--task", "ioi", "--device", "cuda"], 2,
+     ["--device cuda", "no CUDA device", "--device cpu"]),
+    ("option", "device-and-device-map", {}, D + ["--task", "ioi", "--device", "cpu", "--device-map", "auto"], 2,
+     ["--device or --device-map, not both"]),
+    ("option", "offload-folder-without-device-map", {}, D + ["--task", "ioi", "--offload-folder", "{t}/off"], 2,
+     ["--offload-folder", "without --device-map"]),
+    ("option", "offload-folder-is-a-file", {}, ["curve", "--task", "ioi", "--device-map", "auto", "--offload-folder",
+                                                "{t}/good.jsonl", "--out", "{t}/earlier.json"], 2,
+     ["--offload-folder {t}/good.jsonl is a file"]),
+    ("option", "device-map-unknown-strategy", {}, D + ["--task", "ioi", "--device-map", "everywhere"], 2,
+     ["--device-map 'everywhere'", "auto"]),
+    ("option", "device-map-disk-without-offload-folder", {},
+     D + ["--task", "ioi", "--device-map", '{"gpt_neox": "disk"}'], 2, ["'disk'", "--offload-folder"]),
+]
+CASES += SECOND_PASS
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:
@@ -381,24 +571,42 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("kind,name,files,argv,code,words", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys):
+def test_bad_input(kind, name, files, argv, code, words, tmp_path, capsys, monkeypatch):
+    if name == "device-cuda-without-cuda" and _has_cuda():
+        pytest.skip("this machine has CUDA")
     _setup(tmp_path)
     for rel, content in files.items():
+        if rel == "*":
+            content(tmp_path)
+            continue
+        if rel == "@cwd":
+            monkeypatch.chdir(tmp_path)
+            continue
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before, shipped = _snapshot(tmp_path), _stats(*SHIPPED)
     listing = sorted(os.listdir(tmp_path))
     argv = [a.replace("{t}", str(tmp_path)) for a in argv]
-    got, text = run_cli(argv, capsys)
-    assert got == code, text
-    assert "Traceback" not in text, text
-    for w in words:
-        assert w.replace("{t}", str(tmp_path)) in text, (w, text)
-    assert _snapshot(tmp_path) == before, "an input or earlier output changed"
-    assert _stats(*SHIPPED) == shipped, "a shipped file (tasks/, the organism or its SAEs) changed"
-    assert sorted(os.listdir(tmp_path)) == listing, "the failed run left files behind"
-    assert sum("error:" in ln for ln in text.splitlines()) == 1, text  # one line (argparse adds its usage)
+    try:
+        got, text = run_cli(argv, capsys)
+        assert got == code, text
+        assert "Traceback" not in text, text
+        for w in words:
+            assert w.replace("{t}", str(tmp_path)) in text, (w, text)
+        assert _snapshot(tmp_path) == before, "an input or earlier output changed"
+        assert _stats(*SHIPPED) == shipped, "a shipped file (tasks/, the organism or its SAEs) changed"
+        assert sorted(os.listdir(tmp_path)) == listing, "the failed run left files behind"
+        assert sum("error:" in ln for ln in text.splitlines()) == 1, text  # one line (argparse adds its usage)
+    finally:
+        while HOLDERS:
+            HOLDERS.pop().close()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _commands(parser: argparse.ArgumentParser, path=()) -> list[tuple[str, ...]]:
@@ -414,3 +622,142 @@ def test_every_command_of_the_parser_has_bad_input_cases():
     covered = {tuple(c[3][:2]) for c in CASES} | {tuple(c[3][:1]) for c in CASES}
     missing = [" ".join(c) for c in _commands(build_parser()) if c not in covered]
     assert not missing, f"commands without a bad-input case: {missing}"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Warnings people see (issue 26): the run goes on (exit 0), and the warning, at the default log level, names what
+# is wrong. A full set of trained dictionaries stays quiet.
+
+def _random_set(t: Path) -> None:
+    """Random-weight SAEs of the organism's shapes on every submodule, in the dictionary_learning layout."""
+    import torch
+
+    from featurecircuits.dictionaries import SAE, save_dictionary
+    from featurecircuits.paths import DICTIONARY_ROOT
+
+    g = torch.Generator().manual_seed(0)
+    for folder in sorted((DICTIONARY_ROOT / "organism").iterdir()):
+        if folder.is_dir():
+            w = torch.randn(256, 128, generator=g) / 128 ** 0.5
+            save_dictionary(SAE(w, torch.zeros(256), w.t().contiguous(), torch.zeros(128),
+                                b_pre=torch.zeros(128)), t / "rnd" / folder.name)
+
+
+def _saelens_set(t: Path, organism) -> None:
+    """The organism's dictionaries as SAELens folders, mlp_3's left out."""
+    from featurecircuits.dictionaries import saelens
+
+    model, dicts = organism
+    saelens.save_set({k: v for k, v in dicts.items() if k != "mlp_3"}, model, t / "sl")
+
+
+WARNINGS = [
+    ("partial-set-dictionary-learning-layout", lambda t, o: _dictionary_set(t, leave_out="mlp_3"), "{t}/dl",
+     ["dictionaries on 18 of 19 submodules", "without (no nodes): mlp_3"]),
+    ("partial-set-saelens-layout", _saelens_set, "saelens:{t}/sl",
+     ["dictionaries on 18 of 19 submodules", "without (no nodes): mlp_3"]),
+    ("random-weight-dictionaries", lambda t, o: _random_set(t), "{t}/rnd",
+     ["explain less than 50% of their submodule's variance on the first prompts of sva-rc: embed ", " mlp_3 ",
+      " resid_5 "]),
+    ("a-full-trained-set-is-quiet", lambda t, o: None, "organism", []),
+]
+
+
+@pytest.mark.organism
+@pytest.mark.parametrize("name,setup,spec,words", WARNINGS, ids=[w[0] for w in WARNINGS])
+def test_warnings_people_see(name, setup, spec, words, tmp_path, capsys, caplog, organism):
+    """(The command line prints warnings through the root logger; under pytest its records are in caplog.)"""
+    _setup(tmp_path)
+    setup(tmp_path, organism)
+    spec = spec.replace("{t}", str(tmp_path))
+    with caplog.at_level("WARNING"):
+        code, text = run_cli(["discover", "--task", "sva-rc", "--n-examples", "2", "--top-k", "0", "--dictionaries",
+                              spec, "--out", f"{tmp_path}/c.json"], capsys)
+    text += "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert code == 0 and "Traceback" not in text, text
+    for w in words:
+        assert w in text, (w, text)
+    for marker in ("dictionaries on", "explain less than"):  # said once where expected, else not at all
+        assert text.count(marker) == int(any(marker in w for w in words)), (marker, text)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A full disk or a file-size limit: the error names the file, and nothing half-made is left (issue 26).
+
+def _full_disk(monkeypatch, under: Path) -> None:
+    """Every atomic write under ``under`` goes to /dev/full, so the kernel answers ENOSPC."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real(*args, **kwargs)
+        if not str(path).startswith(str(under)):
+            return fd, path
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), path
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    (tmp_path / "old.jsonl").write_text("old\n")
+    _full_disk(monkeypatch, tmp_path)
+    code, text = run_cli(["tasks", "make", "ioi", "--n", "3", "--out", f"{tmp_path}/old.jsonl"], capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"error: cannot write {tmp_path}/old.jsonl: No space left on device (free some space" in text, text
+    assert os.listdir(tmp_path) == ["old.jsonl"] and (tmp_path / "old.jsonl").read_text() == "old\n"
+
+
+def test_a_file_size_limit_names_the_file(tmp_path, capsys):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, hard))
+    try:
+        code, text = run_cli(["tasks", "make", "ioi", "--n", "20", "--out", f"{tmp_path}/t.jsonl"], capsys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == 2 and "Traceback" not in text, text
+    assert f"error: cannot write {tmp_path}/t.jsonl: File too large (the file exceeds the file-size limit" in text
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_leaves_no_export_folder(tmp_path, capsys, monkeypatch):
+    import featurecircuits.export as export
+    from featurecircuits.fileio import atomic_write_text
+
+    _setup(tmp_path)
+
+    def export_circuit(circuit, out, **options):  # what the exporter does first: its folder, then its files
+        Path(out).mkdir(parents=True)
+        atomic_write_text(Path(out) / "graph-metadata.json", "{}")
+
+    monkeypatch.setattr(export, "export_circuit", export_circuit)
+    _full_disk(monkeypatch, tmp_path)
+    listing = sorted(os.listdir(tmp_path))
+    code, text = run_cli(["export", "--circuit", f"{tmp_path}/circuit.json", "--out", f"{tmp_path}/exp/new"], capsys)
+    assert code == 2 and f"cannot write {tmp_path}/exp/new/graph-metadata.json: No space left on device" in text
+    assert sorted(os.listdir(tmp_path)) == listing  # exp/ and exp/new/ made by the failed run are gone
+
+
+@pytest.mark.organism
+def test_a_full_disk_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    _setup(tmp_path)
+    _full_disk(monkeypatch, tmp_path)
+    listing = sorted(os.listdir(tmp_path))
+    code, text = run_cli(["discover", "--task", "sva-rc", "--n-examples", "2", "--top-k", "3", "--out",
+                          f"{tmp_path}/c.json"], capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"cannot write {tmp_path}/c.json.run/run.json: No space left on device" in text, text
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028 (and U+0085, U+2029, form feed…) inside a JSON string is text, not a line break."""
+    from featurecircuits.tasks import load_task
+
+    odd = "The athlete\u2028that\u0085the\x0cmanagers\u2029like"
+    (tmp_path / "t.jsonl").write_text(json.dumps({**GOOD[0], "clean_prefix": odd}, ensure_ascii=False) + "\r\n" + LINE)
+    task = load_task(tmp_path / "t.jsonl")
+    assert len(task) == 2 and task.examples[0]["clean_prefix"] == odd
