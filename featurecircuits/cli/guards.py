@@ -89,13 +89,22 @@ def _check_file(claims: _Claims, option: str, path: Path) -> None:
     claims.claim(option, path)
 
 
+def _existing_folder(option: str, folder: Path) -> Path:
+    """The folder, or the nearest of its parents that exists, where the folder can be made: a writable folder
+    (not a file)."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: {existing} is not writable")
+    return existing
+
+
 def _check_folder(claims: _Claims, option: str, folder: Path, names: list[str]) -> None:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{option} {folder} is a file; give a folder")
     absolute = folder.absolute()
-    existing = next(p for p in (absolute, *absolute.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {folder}: {existing} is not writable")
+    existing = _existing_folder(option, folder)
     if names and existing != absolute:  # made by this command: removed again should it fail (a run folder
         NEW_FOLDERS.append(existing / absolute.relative_to(existing).parts[0])  # keeps its completed units)
     if not names:  # the folder is ours as a whole (a run folder)
@@ -220,9 +229,7 @@ def _check_offload_folder(folder: str) -> None:
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--offload-folder {folder} is a file; give a folder")
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--offload-folder {folder}: {existing} is not writable")
+    _existing_folder("--offload-folder", path)
 
 
 def check_placement(options) -> None:
