@@ -22,6 +22,7 @@ from .data import Batch, Metric, logit_diff, logits_kept
 from .models import Model
 from .scoring import check_threshold, score_nodes
 from .splice import Splice, run
+from .splits import record, task_split, warn_in_sample
 from .tasks import as_batches
 
 Masks = dict[str, dict[str, torch.Tensor]]  # submodule → part → bool mask, (F,)/(T, F) or ()/(T,)
@@ -38,6 +39,9 @@ class Faithfulness:
     n_nodes: int  # circuit nodes the evaluation ablates (not those in layers given for free, nor kept errors)
     n_edges: int | None
     config: dict = field(default_factory=dict)
+    split: str | None = None  # the task's pairs it was measured on (None: batches given directly)
+    n_examples: int = 0
+    in_sample: float = 0.0  # the fraction of those pairs that found the circuit (0: held out)
 
 
 def masks_from_nodes(splice: Splice, nodes, n_tokens: int) -> Masks:
@@ -178,18 +182,23 @@ def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_
 
 def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
              config: AblationConfig = AblationConfig(), metric: Metric = logit_diff, n_examples: int | None = 100,
-             batch_size: int = 32) -> Faithfulness:
-    """Faithfulness and completeness of ``circuit`` on ``task``'s examples."""
+             batch_size: int = 32, split: str = "evaluation") -> Faithfulness:
+    """Faithfulness and completeness of ``circuit`` on the first ``n_examples`` pairs of ``task``'s ``split``
+    (:mod:`featurecircuits.splits`; by default the evaluation pairs, disjoint from the discovery pairs that
+    find circuits). A warning says "in-sample" when they include pairs that found the circuit."""
     circuit.check_model(model)
     splice = Splice(model, dictionaries, circuit.metadata.get("submodules"))
     circuit.check_dictionaries(splice.dictionaries)
+    task, used_split = task_split(task, model.tokenizer, split)
+    in_sample = warn_in_sample(circuit.metadata.get("found_on"), task, n_examples, "this evaluation") \
+        if used_split else 0.0
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     nodes = circuit.node_tuples()
     counted = sum(_counted(model, sub, part, config) for sub, part, _, _ in nodes)
     m = evaluate_masks(model, splice, batches, lambda t: masks_from_nodes(splice, nodes, t), config, metric)
     return Faithfulness(_ratio(m["circuit"], m["empty"], m["full"]), _ratio(m["complement"], m["empty"], m["full"]),
                         m["circuit"], m["complement"], m["empty"], m["full"], counted, circuit.n_edges,
-                        asdict(config))
+                        asdict(config), used_split, sum(len(b) for b in batches), in_sample)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,22 +241,24 @@ class Curve:
         return float(np.trapezoid(y, x) / span) if span > 0 else float(y.mean())
 
 
-def _threshold_masks(splice, scores, threshold: float, n_tokens: int) -> Masks:
+def _positions_mask(keep: torch.Tensor, positional: bool, n_tokens: int) -> torch.Tensor:
+    """A node mask over (positions[, features]): as it is when nodes keep positions, else the same at every one."""
+    return keep if positional else keep.expand(n_tokens, *keep.shape)
+
+
+def _threshold_masks(splice, scores, threshold: float, n_tokens: int, positional: bool = False) -> Masks:
     masks: Masks = {}
     for sub in splice.submodules:
         masks[sub.name] = {}
         for part in ("act", "err"):
-            if (sub.name, part) not in scores:
-                continue
-            keep = scores[(sub.name, part)].abs() >= threshold
-            if part == "act" and splice.has_features(sub):
-                masks[sub.name][part] = keep.expand(n_tokens, -1)
-            else:
-                masks[sub.name][part] = keep.expand(n_tokens)
+            if (sub.name, part) in scores:
+                keep = scores[(sub.name, part)].abs() >= threshold
+                masks[sub.name][part] = _positions_mask(keep, positional, n_tokens)
     return masks
 
 
-def _random_masks(splice, scores, n_nodes: int, n_tokens: int, gen: torch.Generator) -> Masks:
+def _random_masks(splice, scores, n_nodes: int, n_tokens: int, gen: torch.Generator, positional: bool = False
+                  ) -> Masks:
     keys = list(scores)
     sizes = [scores[k].numel() for k in keys]
     chosen = torch.randperm(sum(sizes), generator=gen)[:n_nodes]
@@ -255,8 +266,7 @@ def _random_masks(splice, scores, n_nodes: int, n_tokens: int, gen: torch.Genera
     flat[chosen] = True
     out: Masks = {}
     for (sub, part), piece in zip(keys, flat.split(sizes), strict=True):
-        piece = piece.view(scores[(sub, part)].shape)
-        out.setdefault(sub, {})[part] = piece.expand(n_tokens, -1) if piece.ndim else piece.expand(n_tokens)
+        out.setdefault(sub, {})[part] = _positions_mask(piece.view(scores[(sub, part)].shape), positional, n_tokens)
     return out
 
 
@@ -275,49 +285,88 @@ def faithfulness_curve(
     batch_size: int = 32,
     metric: Metric = logit_diff,
     random_baseline: bool = True,
-    progress: bool = False,
+    split: str = "evaluation",
+    aggregation: str = "auto",
+    progress: bool = True,
     checkpoint=None,
     **options,
 ) -> Curve:
-    """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` relative to
-    each method's largest |score| by default; absolute when ``relative=False``), per method, with a
-    random circuit of the same size as baseline. Nodes are summed over positions. Only nodes that
-    ``config`` ablates take part in selection, counts and the random baseline: with ``start_layer`` or
-    ``include_embed=False`` the earlier layers (and with ``errors`` keep/remove the error terms) are the
-    same for every circuit, so they are not counted, as in Sparse Feature Circuits' evaluation.
+    """Faithfulness and completeness as the node threshold sweeps (``logspace(-4, 0, 15)`` × each method's
+    largest |score|, or absolute thresholds with ``relative=False``), per method, with a random circuit of the
+    same size as baseline. Nodes keep positions where every prompt has one length (``aggregation="auto"``).
+    Only nodes that ``config`` ablates are selected, counted and drawn at random (layers before
+    ``start_layer``, the embedding without ``include_embed``, kept errors are given to every circuit, as in
+    Sparse Feature Circuits). ``submodules`` (default: those with dictionaries, else all) are the candidates;
+    the others are neither selected nor ablated (at component level every resid_l is a cut of the model).
+    Every method is scored with ``attribution`` (keyword ``options`` change it), only its method replaced.
 
-    ``submodules`` (default: those with dictionaries, else all) are the candidates; the others are neither
-    selected nor ablated — e.g. attention and MLP outputs only at component level, where every residual
-    node is a cut of the whole model (keeping one while its inputs are mean-ablated just passes the mean on).
-
-    Every method is scored with ``attribution`` (an AttributionConfig; keyword ``options`` such as
-    ``ig_steps`` or ``lrp`` change it) with only its method replaced, so rules and direction apply to all.
-
+    Pairs (:mod:`featurecircuits.splits`): nodes are scored on the first ``n_examples`` discovery pairs, and
+    circuits evaluated on the first ``n_examples`` pairs of ``split`` (default the held-out evaluation
+    pairs; ``all``: the same pairs, warned about as in-sample). Batches given directly serve both.
     ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each method's points and each batch's
     node scores, so an interrupted run resumes where it stopped, with the same result."""
     thresholds = list(np.logspace(-4, 0, 15)) if thresholds is None else thresholds
     splice = _curve_splice(model, dictionaries, submodules, config, thresholds)
     base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
     configs = [base_cfg.with_(method=m) for m in methods]
-    batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
+    score_batches, batches, used_split = _curve_pairs(task, model.tokenizer, split, n_examples, batch_size)
+    selection = _Selection(splice, _positional(aggregation, score_batches + batches))
     gen = torch.Generator().manual_seed(config.seed)
     sources = ablation_sources(model, splice, batches, config)
 
     def mean_metric(mask_fn):
         return _mean_metric(model, splice, sources, config, metric, mask_fn)
-
     m_full = mean_metric(None)
     m_empty = None
     points = []
     for cfg in configs:
-        new, m_empty = _method_points(model, splice, batches, cfg, config, metric, thresholds, relative=relative,
-                                      mean_metric=mean_metric, bounds=(m_empty, m_full),
+        new, m_empty = _method_points(model, selection, score_batches, cfg, config, metric, thresholds,
+                                      relative=relative, mean_metric=mean_metric, bounds=(m_empty, m_full),
                                       gen=gen if random_baseline else None, progress=progress, checkpoint=checkpoint)
         points += new
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
-                          "relative": relative, "n_examples": sum(len(b) for b in batches), "m_full": m_full,
-                          "m_empty": m_empty, "attribution": {c.method: c.to_dict() for c in configs},
-                          "submodules": [s.name for s in splice.submodules]})
+                          "relative": relative, "n_examples": sum(len(b) for b in batches), "split": used_split,
+                          "n_discovery": sum(len(b) for b in score_batches), "m_full": m_full, "m_empty": m_empty,
+                          "attribution": {c.method: c.to_dict() for c in configs},
+                          "submodules": [s.name for s in splice.submodules], "task": getattr(task, "name", None),
+                          "aggregation": "none" if selection.positional else "sum"})
+
+
+@dataclass
+class _Selection:
+    """Circuits of a curve as node masks: nodes per position (``positional``) or the same at every position."""
+
+    splice: Splice
+    positional: bool
+
+    def threshold(self, scores, threshold: float, n_tokens: int) -> Masks:
+        return _threshold_masks(self.splice, scores, threshold, n_tokens, self.positional)
+
+    def random(self, scores, n_nodes: int, n_tokens: int, gen: torch.Generator) -> Masks:
+        return _random_masks(self.splice, scores, n_nodes, n_tokens, gen, self.positional)
+
+
+def _positional(aggregation: str, batches: Sequence[Batch]) -> bool:
+    from .scoring import check_aggregation
+
+    check_aggregation(aggregation)
+    lengths = {b.n_tokens for b in batches}
+    if aggregation == "none" and len(lengths) > 1:
+        raise ValueError(f"aggregation='none' keeps positions, so every prompt needs one token length; found lengths "
+                         f"{sorted(lengths)} (use one template, or aggregation='sum')")
+    return aggregation == "none" or (aggregation == "auto" and len(lengths) == 1)
+
+
+def _curve_pairs(task, tokenizer, split: str, n: int | None, batch_size: int):
+    """(batches that score nodes, batches that evaluate circuits, the evaluation split): the discovery pairs
+    and ``split``'s (both ``all`` for ``all``), warning when they overlap; batches given directly serve both."""
+    checked, used_split = task_split(task, tokenizer, split)
+    found = task
+    if used_split is not None:
+        found, _ = task_split(task, tokenizer, "all" if split == "all" else "discovery")
+        warn_in_sample(record(found, n, "discovery" if split != "all" else "all"), checked, n, "this curve")
+    return (as_batches(found, tokenizer, n_examples=n, batch_size=batch_size),
+            as_batches(checked, tokenizer, n_examples=n, batch_size=batch_size), used_split)
 
 
 def _curve_splice(model, dictionaries, submodules, config: AblationConfig, thresholds) -> Splice:
@@ -331,7 +380,7 @@ def _curve_splice(model, dictionaries, submodules, config: AblationConfig, thres
     return splice
 
 
-def _method_points(model, splice, batches, cfg, config, metric, thresholds, *, relative, mean_metric, bounds, gen,
+def _method_points(model, selection, batches, cfg, config, metric, thresholds, *, relative, mean_metric, bounds, gen,
                    progress, checkpoint) -> tuple[list[CurvePoint], float]:
     """One method's points along the sweep (read back from ``checkpoint`` when an earlier run finished
     them), and m(∅) (computed with the first method's node set when not known yet)."""
@@ -342,30 +391,32 @@ def _method_points(model, splice, batches, cfg, config, metric, thresholds, *, r
         if gen is not None:
             gen.set_state(saved["generator"])
         return [CurvePoint(**p) for p in saved["points"]], saved["m_empty"]
-    means = score_nodes(model, splice, batches, cfg, metric, memory_budget=0, progress=progress,
-                        checkpoint=checkpoint, unit=f"nodes-{cfg.method}").means
+    means = score_nodes(model, selection.splice, batches, cfg, metric, memory_budget=0, progress=progress,
+                        checkpoint=checkpoint, unit=f"nodes-{cfg.method}",
+                        aggregation="none" if selection.positional else "sum").means
     scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
     if m_empty is None:
-        m_empty = mean_metric(lambda n: filled(_threshold_masks(splice, scores, 0, n), False))
+        m_empty = mean_metric(lambda n: filled(selection.threshold(scores, 0, n), False))
     top = max(float(t.abs().max()) for t in scores.values())
-    points = [_curve_point(cfg.method, splice, scores, thr * top if relative else thr, mean_metric, (m_empty, m_full),
-                           gen) for thr in tqdm(thresholds, desc=f"curve {cfg.method}", disable=not progress)]
+    points = [_curve_point(cfg.method, selection, scores, thr * top if relative else thr, mean_metric,
+                           (m_empty, m_full), gen)
+              for thr in tqdm(thresholds, desc=f"curve {cfg.method}", disable=not progress)]
     if checkpoint is not None:
         checkpoint.save(unit, {"points": [asdict(p) for p in points], "m_empty": m_empty,
                                "generator": (gen or torch.Generator()).get_state()})
     return points, m_empty
 
 
-def _curve_point(method, splice, scores, absolute: float, mean_metric, bounds, gen) -> CurvePoint:
+def _curve_point(method, selection, scores, absolute: float, mean_metric, bounds, gen) -> CurvePoint:
     """One point: the circuit of nodes with |score| ≥ ``absolute``, its complement and (with ``gen``) a
     random circuit of the same size; ``bounds`` = (m(∅), m(M))."""
     m_empty, m_full = bounds
     n_nodes = int(sum(int((t.abs() >= absolute).sum()) for t in scores.values()))
-    m_c = mean_metric(lambda n: _threshold_masks(splice, scores, absolute, n))
-    m_comp = mean_metric(lambda n: inverted(_threshold_masks(splice, scores, absolute, n)))
+    m_c = mean_metric(lambda n: selection.threshold(scores, absolute, n))
+    m_comp = mean_metric(lambda n: inverted(selection.threshold(scores, absolute, n)))
     rand = None
     if gen is not None:
-        rand = _ratio(mean_metric(lambda n: _random_masks(splice, scores, n_nodes, n, gen)), m_empty, m_full)
+        rand = _ratio(mean_metric(lambda n: selection.random(scores, n_nodes, n, gen)), m_empty, m_full)
     return CurvePoint(method, float(absolute), n_nodes, _ratio(m_c, m_empty, m_full), _ratio(m_comp, m_empty, m_full),
                       rand)
 

@@ -28,6 +28,7 @@ def unknown(what: str, name, valid) -> ValueError:
 KINDS = ("embed", "z", "attn", "mlp", "resid")
 DEFAULT_KINDS = ("embed", "attn", "mlp", "resid")  # the submodules that carry nodes unless asked otherwise
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+SPLITS = ("discovery", "evaluation", "all")  # a task's pairs (featurecircuits.splits)
 PLANNED_METHODS = ("atp", "relp")  # the memory planner models the gradient path
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -145,6 +145,7 @@ class TaskLine(BaseModel):
     patch_answer: StrictStr
     template: StrictStr | None = None
     variant: StrictStr | None = None
+    split: Literal["discovery", "evaluation"] | None = None  # else fixed by a hash of the pair (splits.py)
 
     _nonblank = field_validator("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")(_nonblank)
 

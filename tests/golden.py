@@ -18,11 +18,12 @@ from featurecircuits.tasks import Task, make_task
 PATH = Path(__file__).parent / "data" / "golden.json"
 
 # (name, task, method, discover options): small and fast, but covering every method with edges,
-# both aggregations, threshold and top-k selection.
+# both aggregations, threshold and top-k selection. Recorded on every pair of each task (split "all") with the
+# aggregation named, as before tasks had splits and discover kept positions by default where prompts align.
 CIRCUITS = [
-    ("sva-rc_relp", "sva-rc", "relp", {"node_threshold": 0.1, "edge_threshold": 0.02}),
-    ("sva-rc_atp", "sva-rc", "atp", {"node_threshold": 0.1, "edge_threshold": 0.02}),
-    ("sva-simple_ig", "sva-simple", "ig", {"top_k": 25, "edge_threshold": 0.02}),
+    ("sva-rc_relp", "sva-rc", "relp", {"node_threshold": 0.1, "edge_threshold": 0.02, "aggregation": "sum"}),
+    ("sva-rc_atp", "sva-rc", "atp", {"node_threshold": 0.1, "edge_threshold": 0.02, "aggregation": "sum"}),
+    ("sva-simple_ig", "sva-simple", "ig", {"top_k": 25, "edge_threshold": 0.02, "aggregation": "sum"}),
     ("ioi_relp_positions", "ioi", "relp", {"top_k": 30, "edge_threshold": 0.05, "aggregation": "none"}),
 ]
 N = 16
@@ -45,13 +46,15 @@ def record(model, dicts) -> dict:
     out: dict = {"circuits": {}, "evaluate": {}}
     for name, task_name, method, options in CIRCUITS:
         task = _task(task_name)
-        circuit = fc.discover(model, dicts, task, method=method, n_examples=N, **options)
+        circuit = fc.discover(model, dicts, task, method=method, n_examples=N, split="all", progress=False,
+                              **options)
         out["circuits"][name] = _circuit_record(circuit)
-        result = fc.evaluate(model, dicts, circuit, task, n_examples=N)
+        result = fc.evaluate(model, dicts, circuit, task, n_examples=N, split="all")
         out["evaluate"][name] = {k: getattr(result, k) for k in (
             "faithfulness", "completeness", "m_circuit", "m_complement", "m_empty", "m_full", "n_nodes")}
     curve = fc.faithfulness_curve(model, dicts, _task("sva-rc"), methods=("relp", "atp"),
-                                  thresholds=[0.01, 0.1, 0.5], n_examples=N)
+                                  thresholds=[0.01, 0.1, 0.5], n_examples=N, split="all", aggregation="sum",
+                                  progress=False)
     out["curve"] = [[p.method, p.threshold, p.n_nodes, p.faithfulness, p.completeness, p.random_faithfulness]
                     for p in curve.points]
     task = _task("ioi")

@@ -92,7 +92,7 @@ def test_feature_edges_match_finite_differences_on_a_nonlinear_model():
     model.hf.double()
     dicts = {k: v.double() for k, v in random_dictionaries(model).items()}
     batch = random_batch(n=2, t=4)
-    c = discover(model, dicts, [batch], method="atp", node_threshold=0.01, edge_threshold=1e-4)
+    c = discover(model, dicts, [batch], method="atp", node_threshold=0.01, edge_threshold=1e-4, aggregation="sum")
     res = fc.attribute(model, batch, method="atp", dictionaries=dicts)
     splice = Splice(model, dicts)
     edges = [(u, d, w) for u, d, w in c.graph.edges(data="weight") if d != "logit"]
@@ -181,7 +181,7 @@ def test_layers_given_for_free_are_not_counted_as_circuit_nodes():
     assert 0 < len(late) < 40
     assert evaluate(model, dicts, circuit, [batch], config=sfc).n_nodes == len(late)
     curve = faithfulness_curve(model, dicts, [batch], methods=("relp",), thresholds=[0.0], relative=False,
-                               config=sfc)
+                               config=sfc, aggregation="sum")
     n_late_features = sum(dicts[s.name].width for s in model.submodules if layer[s.name] >= 1)
     assert curve.points[0].n_nodes == n_late_features  # threshold 0 keeps every counted node, no more
     assert curve.points[0].faithfulness == pytest.approx(1.0, abs=1e-4)
@@ -318,9 +318,9 @@ def test_component_kinds_left_out_are_neither_candidates_nor_ablated():
     subs = [s.name for s in model.submodules if s.kind in ("attn", "mlp")]
     circuit = discover(model, None, [batch], submodules=subs, top_k=2, edges=False)
     assert {parse_node_id(n)[0] for n in circuit.nodes} <= set(subs) and circuit.metadata["submodules"] == subs
-    full = evaluate(model, None, Circuit.from_dict(discover(model, None, [batch], submodules=subs,
+    full = evaluate(model, None, Circuit.from_dict(discover(model, None, [batch], submodules=subs, aggregation="sum",
                                                           node_threshold=0.0, edges=False).to_dict()), [batch])
     assert full.n_nodes == len(subs) and full.faithfulness == pytest.approx(1.0, abs=1e-5)
     curve = faithfulness_curve(model, None, [batch], methods=("relp",), submodules=subs, thresholds=[0.0],
-                               relative=False, random_baseline=False)
+                               relative=False, random_baseline=False, aggregation="sum")
     assert curve.points[0].n_nodes == len(subs) and curve.config["submodules"] == subs

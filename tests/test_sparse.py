@@ -76,7 +76,7 @@ def test_discover_uses_the_sparse_path_and_finds_the_dense_circuit():
     model = tiny_model()
     dicts = random_dictionaries(model)
     batch = random_batch(n=3)
-    circuit = fc.discover(model, dicts, [batch], top_k=25, edge_threshold=0.0)
+    circuit = fc.discover(model, dicts, [batch], top_k=25, edge_threshold=0.0, aggregation="sum")
     ref = fc.attribute(model, batch, method="relp", dictionaries=dicts)
     assert set(circuit.nodes) == {fc.nodes.node_id(n) for n in top_nodes(ref, 25)}
 

@@ -19,6 +19,7 @@ from .options import (
     add_kinds,
     add_model,
     add_resumable,
+    add_split,
     add_task,
     from_args,
     methods,
@@ -32,6 +33,7 @@ HELP = "faithfulness vs circuit size for several methods"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
+    add_split(p, NAME, "evaluation")
     add_ablation(p)
     p.add_argument("--methods", type=methods, default="relp,ig,atp",
                    help=f"comma-separated methods ({', '.join(METHODS)})")
@@ -82,12 +84,14 @@ def run(req: Request) -> int:
                   {"--run-dir": (str(runs.run_folder(req.run, req.out, NAME)), [])})
     loaded = inputs.file_task(req.task)
     model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
-    task, n = inputs.task(req.task, model, loaded)
+    task, n = inputs.task(req.task, model, loaded,
+                          splits=("all",) if req.task.split == "all" else ("discovery", req.task.split))
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
     inputs.check_dictionaries(model, dicts, task, n)
     curve = faithfulness_curve(model, dicts, task, methods=req.methods, attribution=req.attribution.config(),
                                thresholds=req.thresholds, relative=not req.absolute, config=req.ablation.config(),
-                               n_examples=n, batch_size=req.task.batch_size, progress=True, checkpoint=checkpoint,
+                               n_examples=n, batch_size=req.task.batch_size, split=req.task.split, progress=True,
+                               checkpoint=checkpoint,
                                submodules=inputs.kind_submodules(req.kinds, model, dicts))
     rows = [{"method": m, "AUC faithfulness": auc_cell(curve, m, "faithfulness"),
              "AUC completeness": auc_cell(curve, m, "completeness")} for m in curve.methods()]

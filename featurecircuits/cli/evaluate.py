@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from . import inputs
 from .guards import check_outputs, input_paths
-from .options import AblationOptions, ModelOptions, TaskOptions, add_ablation, add_model, add_task, from_args
+from .options import (
+    AblationOptions,
+    ModelOptions,
+    TaskOptions,
+    add_ablation,
+    add_model,
+    add_split,
+    add_task,
+    from_args,
+)
 
 NAME = "evaluate"
 HELP = "faithfulness and completeness of a saved circuit"
@@ -15,6 +24,7 @@ HELP = "faithfulness and completeness of a saved circuit"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
+    add_split(p, NAME, "evaluation")
     add_ablation(p)
     p.add_argument("--circuit", required=True, help="circuit JSON file (from discover)")
     p.add_argument("--out", help="result JSON file")
@@ -62,10 +72,11 @@ def run(req: Request) -> int:
     task, n = inputs.task(req.task, model, loaded)
     inputs.check_dictionaries(model, dicts, task, n)
     result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n,
-                      batch_size=req.task.batch_size)
+                      batch_size=req.task.batch_size, split=req.task.split)
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",
            "completeness": f"{result.completeness:.3f}", "m(C)": f"{result.m_circuit:.3f}",
-           "m(empty)": f"{result.m_empty:.3f}", "m(M)": f"{result.m_full:.3f}"}
+           "m(empty)": f"{result.m_empty:.3f}", "m(M)": f"{result.m_full:.3f}",
+           "pairs": f"{result.n_examples} {result.split or 'given'}" + (" (in-sample)" if result.in_sample else "")}
     print(table([row], list(row)))
     if req.out:
         atomic_write_text(req.out, json.dumps(asdict(result), indent=1))

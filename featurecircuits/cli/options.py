@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, fields
 
 from ..errors import UsageError
-from ..registry import DTYPES, METHODS, TASK_NAMES, default_dictionaries, parse_kinds, parse_methods
+from ..registry import DTYPES, METHODS, SPLITS, TASK_NAMES, default_dictionaries, parse_kinds, parse_methods
 
 # --------------------------------------------------------------------------------------------------
 # Types
@@ -150,6 +150,7 @@ class TaskOptions:
     n_examples: int | None  # None: not given (the default, or all a generator can make)
     batch_size: int = 32
     seed: int = 0
+    split: str = "all"  # discovery, evaluation or all (featurecircuits.splits)
 
     @property
     def n(self) -> int:
@@ -163,6 +164,18 @@ def add_task(p, *, n_flag: str = "--n-examples", default_task: str | None = None
                    help=f"use the first N pairs of the task (a task name generates N) (default: {DEFAULT_N_EXAMPLES})")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="pairs per forward/backward pass")
     p.add_argument("--seed", type=int, default=0, help="seed for generated tasks")
+
+
+SPLIT_HELP = {"discover": "the task's pairs that find the circuit: discovery (disjoint from evaluation), evaluation "
+                          "or all (see docs/splits.md)",
+              "evaluate": "the task's pairs to evaluate on: evaluation (held out from the discovery pairs that find "
+                          "circuits), discovery or all (both in-sample: a warning says so)",
+              "curve": "the pairs each circuit is evaluated on: evaluation (held out; nodes are scored on the "
+                       "discovery pairs), discovery or all (in-sample: a warning says so)"}
+
+
+def add_split(p, command: str, default: str) -> None:
+    p.add_argument("--split", choices=list(SPLITS), default=default, help=SPLIT_HELP[command])
 
 
 @dataclass(frozen=True)
@@ -247,6 +260,37 @@ def add_resumable(p) -> None:
 
 def add_kinds(p) -> None:
     p.add_argument("--kinds", type=kinds, default=None, help=KINDS_HELP)
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    features: str | None = None  # a dossier folder; None: cached dossiers of these dictionaries; "none": no cards
+    labels: str | None = None
+
+    def dossiers(self, model, dictionaries):
+        """The dossiers to label and show cards with (None where there are none)."""
+        if self.features == "none" or not dictionaries:
+            return None
+        from ..features.circuits import find_dossiers, load_dossiers
+
+        if self.features is None:
+            return find_dossiers(model, dictionaries)
+        return load_dossiers(self.features, model, dictionaries)
+
+    def read_labels(self):
+        if self.labels is None:
+            return None
+        from ..features.circuits import read_label_file
+
+        return read_label_file(self.labels)
+
+
+def add_features(p) -> None:
+    p.add_argument("--features", help="feature dossiers (a folder written by `featurecircuits features --out`) for "
+                                      "labels and feature cards; 'none' for none (default: the cached dossiers of "
+                                      "these dictionaries, where `featurecircuits features` built some)")
+    p.add_argument("--labels", help="feature labels: CSV node_id,label, a JSON object node id → label, or a "
+                                    "Neuronpedia explanations export (JSON); they win over automatic labels")
 
 
 # --------------------------------------------------------------------------------------------------
