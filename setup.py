@@ -1,7 +1,7 @@
 """Everything is declared in pyproject.toml; this only copies the shipped data into the wheel.
 
 The repository keeps the organism model, its dictionaries and the task files in top-level folders
-(``models/organism``, ``dictionaries/organism``, ``tasks``); a built package carries them under
+(``models/organism``, ``dictionaries/organism``, ``tasks``) and the docs (``docs``); a built package carries them under
 ``featurecircuits/_data/`` with the same layout, where ``featurecircuits.models.REPO_ROOT`` finds them.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-DATA = ("models/organism", "dictionaries/organism", "tasks")  # relative to the repository root
+DATA = ("models/organism", "dictionaries/organism", "tasks", "docs")  # relative to the repository root
 
 
 class build_py_with_data(build_py):

@@ -36,7 +36,8 @@ from .scoring import (
 )
 from .sparse import column
 from .splice import Splice
-from .tasks import as_batches
+from .splits import record, task_split
+from .tasks import FIELDS, Task, as_batches
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,55 @@ class Circuit:
         return list(self.graph.edges(data="weight"))
 
     def score(self, node: str) -> float:
+        """The node's score: the method's estimate of how the metric changes when the node is patched (under
+        noising: set to its value on the patch prompt, in the clean run; see :attr:`sign`)."""
         return self.graph.nodes[node]["score"]
+
+    @property
+    def sign(self) -> int:
+        """+1 or −1 such that ``sign × score`` is positive for a node that pushes the metric toward the clean
+        answer: under noising a node that supports the clean answer loses it when patched (score < 0)."""
+        return -1 if self.metadata.get("direction", "noising") == "noising" else 1
+
+    def effect(self, node: str) -> float:
+        """How much the node pushes the metric toward the clean answer (``sign × score``): the one sign
+        convention of every page and export, whatever the direction."""
+        return self.sign * self.score(node)
+
+    def label(self, node: str) -> str | None:
+        """The node's label (a dossier's or a user's, else the token its feature fires on most)."""
+        attrs = self.graph.nodes[node]
+        if attrs.get("label"):
+            return attrs["label"]
+        first = str((attrs.get("top_contexts") or [""])[0])
+        start = first.rfind("[")
+        return first[start + 1:first.index("]", start)] if start >= 0 and "]" in first[start:] else None
+
+    def summed(self) -> Circuit:
+        """The circuit with positions summed: one node per (submodule, feature or error), scores and edge
+        weights added over positions (a view of a positional circuit; itself when already summed)."""
+        if self.metadata.get("aggregation") != "none":
+            return self
+        g = nx.DiGraph()
+        g.add_node(METRIC_NODE, **self.graph.nodes[METRIC_NODE])
+        for n in self.nodes:
+            key = self.ref(n).summed().id
+            if key in g:
+                g.nodes[key]["score"] += self.score(n)
+            else:
+                g.add_node(key, **{**self.graph.nodes[n], "position": None})
+        for u, v, w in self.edges:
+            su, sv = (x if x == METRIC_NODE else self.ref(x).summed().id for x in (u, v))
+            g.add_edge(su, sv, weight=g.edges[su, sv]["weight"] + w if g.has_edge(su, sv) else w)
+        return Circuit(g, {**self.metadata, "aggregation": "sum", "summed_from": "none"})
+
+    def to_html(self, path: str | Path, *, title: str | None = None, evaluation=None, **options) -> Path:
+        """This circuit as one self-contained interactive page (see :func:`featurecircuits.plots.circuits_page`)."""
+        from .plots import circuits_page
+
+        name = title or f"{self.metadata.get('method', 'circuit')} circuit"
+        return circuits_page({name: self}, path, title=name,
+                             evaluations={name: evaluation} if evaluation is not None else None, **options)
 
     def top(self, k: int) -> list[str]:
         return sorted(self.nodes, key=lambda n: -abs(self.score(n)))[:k]
@@ -199,12 +248,15 @@ class Circuit:
                                  f"({src['format']}: {src['path']}, weights {src['hash']})")
 
 
-def _check_lengths(batches: list[Batch], aggregation: str) -> list[int]:
+def _check_lengths(batches: list[Batch], aggregation: str) -> tuple[list[int], str]:
+    """The prompts' token lengths, and the aggregation: ``auto`` keeps positions where there is one length."""
     lengths = sorted({b.n_tokens for b in batches})
+    if aggregation == "auto":
+        aggregation = "none" if len(lengths) == 1 else "sum"
     if aggregation == "none" and len(lengths) > 1:
         raise ValueError(f"aggregation='none' keeps positions, so every prompt needs one token length; "
                          f"found lengths {lengths} (use one template, or aggregation='sum')")
-    return lengths
+    return lengths, aggregation
 
 
 def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: int = 4) -> dict[Node, list[str]]:
@@ -282,8 +334,6 @@ def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, con
 
 def task_record(task) -> dict | None:
     """What a circuit records of the task it was found on (enough to rebuild its examples)."""
-    from .tasks import Task
-
     if isinstance(task, Task):
         return {"name": task.name, **task.source}
     if isinstance(task, (str, Path)):
@@ -292,7 +342,7 @@ def task_record(task) -> dict | None:
 
 
 def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, scores: NodeScores, *, task,
-                     aggregation, node_threshold, edge_threshold, top_k, lengths, metric) -> dict:
+                     aggregation, node_threshold, edge_threshold, top_k, lengths, metric, found_on=None) -> dict:
     return {
         "model": model.name, "family": model.family.name, "n_layers": model.n_layers, "d_model": model.d_model,
         "method": config.method, "direction": config.direction, "config": config.to_dict(),
@@ -304,6 +354,7 @@ def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, sc
         "dictionary_sources": {k: v.source.to_dict() for k, v in splice.dictionaries.items()},
         "metric": getattr(metric, "__name__", "custom"), "metric_base": scores.metric_base,
         "metric_source": scores.metric_source,  # base = clean when noising, patch when denoising
+        "found_on": found_on,  # the split and pair ids that found it (None: batches given directly)
     }
 
 
@@ -316,14 +367,15 @@ def discover(
     node_threshold: float | None = None,
     edge_threshold: float = 0.01,
     top_k: int | None = None,
-    aggregation: Aggregation = "sum",
+    aggregation: Aggregation = "auto",
     n_examples: int | None = 100,
     batch_size: int = 32,
     metric: Metric = logit_diff,
     submodules: Sequence[str] | None = None,
     edges: bool = True,
     memory_budget: int = RESULT_MEMORY_BUDGET,
-    progress: bool = False,
+    split: str = "discovery",
+    progress: bool = True,
     checkpoint=None,
     **options,
 ) -> Circuit:
@@ -331,16 +383,24 @@ def discover(
     ≥ ``node_threshold`` (default 0.1), or the ``top_k`` largest, or (both given) the ``top_k`` largest of those
     ≥ ``node_threshold``; score edges among them and keep those with |weight| ≥ ``edge_threshold``. The
     metadata records the threshold and top-k that were applied (``node_threshold`` None: none was).
+    ``aggregation``: ``none`` keeps one node per position, ``sum`` sums node scores over positions, ``auto``
+    (default) keeps positions where every prompt has one token length.
     Per-batch attributions are kept for edges up to ``memory_budget`` bytes.
-    ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores."""
+    ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores.
+
+    A task (or JSONL path) contributes its first ``n_examples`` pairs of ``split`` (:mod:`featurecircuits.splits`:
+    the discovery pairs by default, so that the evaluation pairs stay held out); the circuit records which
+    (metadata ``found_on``). Batches given directly are used as they are."""
     cfg = (config or AttributionConfig()).with_(**options).resolve(model.family.name)
     if node_threshold is None and top_k is None:
         node_threshold = DEFAULT_NODE_THRESHOLD
     check_threshold("node_threshold", node_threshold)
     check_threshold("edge_threshold", edge_threshold)
     check_aggregation(aggregation)
+    task, used_split = task_split(task, model.tokenizer, split)
+    found_on = record(task, n_examples, used_split) if used_split else None
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
-    lengths = _check_lengths(batches, aggregation)
+    lengths, aggregation = _check_lengths(batches, aggregation)
     splice = Splice(model, dictionaries, submodules, sparse=True)
     scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
                          progress=progress, checkpoint=checkpoint)
@@ -349,6 +409,18 @@ def discover(
         if edges and nodes else {}
     contexts = _hover_contexts(model, splice, scores, nodes, cfg, metric)
     graph = build_graph(model, splice, scores, nodes, weights, edge_threshold, contexts)
-    return Circuit(graph, circuit_metadata(model, splice, cfg, scores, task=task, aggregation=aggregation,
-                                           node_threshold=node_threshold, edge_threshold=edge_threshold,
-                                           top_k=top_k, lengths=lengths, metric=metric))
+    meta = circuit_metadata(model, splice, cfg, scores, task=task, aggregation=aggregation,
+                            node_threshold=node_threshold, edge_threshold=edge_threshold, top_k=top_k,
+                            lengths=lengths, metric=metric, found_on=found_on)
+    meta["positions"] = _positions(model, task, n_examples) if aggregation == "none" else None
+    meta["example"] = {f: task.examples[0][f] for f in FIELDS} if isinstance(task, Task) and len(task) else None
+    return Circuit(graph, meta)
+
+
+def _positions(model: Model, task, n_examples) -> list[dict] | None:
+    """The token (and IOI role) each position column shows, where the task's examples are at hand."""
+    from .positions import position_labels
+
+    if not isinstance(task, Task) or model.tokenizer is None:
+        return None
+    return position_labels(model.tokenizer, task.examples[:n_examples])

@@ -20,6 +20,7 @@ DATA_ROOT = _data_root()
 ORGANISM_DIR = DATA_ROOT / "models" / "organism"
 DICTIONARY_ROOT = DATA_ROOT / "dictionaries"
 TASKS_ROOT = DATA_ROOT / "tasks"
+DOCS_ROOT = DATA_ROOT / "docs"  # the documentation the command line's help points to
 
 
 def task_path(words: str, name: str) -> Path:

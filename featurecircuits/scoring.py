@@ -26,7 +26,7 @@ from .registry import unknown
 from .splice import Splice
 
 Node = NodeRef  # a named tuple (submodule, part, feature, position)
-Aggregation = Literal["sum", "none"]
+Aggregation = Literal["sum", "none", "auto"]  # auto: none where every prompt has one length, else sum
 PartKey = tuple[str, str]  # (submodule, part)
 
 RESULT_MEMORY_BUDGET = 2 * 2**30  # bytes of per-batch attribution results kept for edge scoring

@@ -23,12 +23,16 @@ from .guards import NEW_FOLDERS, check_model_option, check_placement, remove_new
 from .options import ModelOptions, Parser
 
 # The commands, in the order --help lists them: modules of this package (or dotted module paths elsewhere).
-COMMANDS = ("demo", "discover", "evaluate", "curve", "compare", "plot", "export", "plan", "tasks", "organism")
+COMMANDS = ("demo", "discover", "evaluate", "curve", "compare", "features", "plot", "export", "plan", "tasks",
+            "organism")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..paths import DOCS_ROOT
+
     parser = Parser(prog="featurecircuits", description="Sparse feature circuits in language models, found fast with "
-                    "Relevance Patching (RelP). Every command takes --help.")
+                    "Relevance Patching (RelP). Every command takes --help.",
+                    epilog=f"The docs/ the help texts name are installed with the package: {DOCS_ROOT}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.set_defaults(verbose=False, debug=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -15,7 +15,9 @@ FILES = ["sva-rc_relp.json", "sva-rc_ig.json", "sva-rc_atp.json", "ioi_relp.json
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="out/demo", help="folder for the circuits, graphs and curves")
-    p.add_argument("--n-examples", type=positive_int, default=48, help="held-out pairs per task")
+    p.add_argument("--n-examples", type=positive_int, default=48,
+                   help="pairs per task: this many discovery pairs find each circuit, as many held-out evaluation "
+                        "pairs evaluate it")
 
 
 @dataclass(frozen=True)

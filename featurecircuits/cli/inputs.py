@@ -50,32 +50,43 @@ def load(options: ModelOptions, *, start_layer: int | None = None, dictionaries:
     return model, (None if spec == NO_DICTIONARIES else load_dictionaries(spec, model))
 
 
-def task(options: TaskOptions, model, loaded=None):
+def task(options: TaskOptions, model, loaded=None, *, splits: tuple[str, ...] | None = None):
     """(task, number of examples to use): a file already loaded by :func:`file_task` (now checked against
-    the tokenizer), or a task name generated with the word lists that suit the model."""
-    from ..tasks import Task, make_task, n_distinct, validate
-    from ..words import words_for
+    the tokenizer), or a task name generated with the word lists that suit the model: ``n`` pairs of each of
+    ``splits`` (default: the options' split)."""
+    from ..tasks import Task, validate
 
     if loaded is None:
         loaded = file_task(options)  # None for a task name
     if loaded is not None:
         validate(loaded, model.tokenizer, source=str(options.task), context=model.context_length)
         return loaded, options.n
+    parts = [_generated(options, model, s) for s in dict.fromkeys(splits or (options.split,))]
+    n = min(len(p) for p in parts)
+    if len(parts) == 1:
+        return parts[0], n
+    examples = [e for p in parts for e in p.examples[:n]]
+    return Task(options.task, examples, source={**parts[0].source, "split": "all"}), n
+
+
+def _generated(options: TaskOptions, model, split: str):
+    """``n`` generated pairs of one split (all there are, with a note, when the split has fewer and --n-examples
+    was not given)."""
+    from ..splits import generate
+    from ..tasks import validate
+    from ..words import words_for
+
     words = words_for(model.tokenizer)
-    n = options.n
-    available = n_distinct(options.task, words, tokenizer=model.tokenizer)
-    if n > available:
+    generated = generate(options.task, options.n, split=split, seed=options.seed, words=words,
+                         tokenizer=model.tokenizer)
+    if len(generated) < options.n:
+        where = f"task {options.task} has only {len(generated)} distinct pairs in its {split} split with the {words} " \
+                "word lists"
         if options.n_examples is not None:
-            raise UsageError(f"--n-examples {n}: task {options.task} has only {available} distinct pairs with the "
-                             f"{words} word lists; ask for at most {available}")
-        print(f"note: task {options.task} has {available} distinct pairs with the {words} word lists; using all "
-              f"{available}", file=sys.stderr)
-        n = available
-    generated = Task(options.task, make_task(options.task, n, seed=options.seed, words=words,
-                                             tokenizer=model.tokenizer),
-                     source={"generator": options.task, "n": n, "seed": options.seed, "words": words})
+            raise UsageError(f"--n-examples {options.n}: {where}; ask for at most {len(generated)}")
+        print(f"note: {where}; using all {len(generated)}", file=sys.stderr)
     validate(generated, model.tokenizer, source=f"generated {options.task}", context=model.context_length)
-    return generated, n
+    return generated
 
 
 def check_dictionaries(model, dicts, task, n: int | None) -> None:
@@ -116,6 +127,15 @@ def check_features(where, circuit, dicts) -> None:
         if ref.feature >= dicts[ref.submodule].width:
             raise UsageError(f"{where}: node {node!r}: feature {ref.feature} is beyond {ref.submodule}'s dictionary "
                              f"width {dicts[ref.submodule].width}")
+
+
+def circuit_page(circuit, evaluation=None, title: str | None = None, dossiers=None, labels=None) -> str:
+    """A circuit's page (its views, notes, labels and feature cards), for writing with its JSON."""
+    from ..plots import circuit_sections, page_html
+
+    title = title or f"{circuit.metadata.get('method', '')} circuit · {circuit.metadata.get('model', '')}"
+    return page_html(circuit_sections({title: circuit}, evaluations={title: evaluation}, dossiers=dossiers,
+                                      labels=labels), title=title)
 
 
 def page(fig) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .guards import check_outputs, input_paths
-from .options import from_args, nonnegative_int, threshold
+from .options import FeatureOptions, add_features, from_args, nonnegative_int, threshold
 
 NAME = "plot"
 HELP = "interactive HTML graph of a saved circuit"
@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--node-threshold", type=threshold, help="show only nodes with |score| ≥ this")
     p.add_argument("--edge-threshold", type=threshold, help="show only edges with |weight| ≥ this")
     p.add_argument("--top-k", type=nonnegative_int, help="show only the K nodes with the largest |score|")
+    add_features(p)
 
 
 @dataclass(frozen=True)
@@ -28,21 +29,40 @@ class Request:
     node_threshold: float | None
     edge_threshold: float | None
     top_k: int | None
+    features: FeatureOptions
 
     @classmethod
     def from_args(cls, args) -> Request:
-        return from_args(cls, args)
+        return from_args(cls, args, features=from_args(FeatureOptions, args))
+
+
+def _dossiers(circuit, options: FeatureOptions):
+    """The circuit's dossiers, loading its model and dictionaries only where there are some to show."""
+    from ..export.provenance import circuit_dictionaries, circuit_model
+    from ..features.circuits import cached_folder
+
+    if options.features == "none":
+        return None
+    hashes = {k: v["hash"] for k, v in (circuit.metadata.get("dictionary_sources") or {}).items()}
+    if options.features is None and cached_folder(str(circuit.metadata.get("model")), hashes) is None:
+        return None
+    model = circuit_model(circuit)
+    dictionaries, _ = circuit_dictionaries(circuit, model)
+    return options.dossiers(model, dictionaries)
 
 
 def run(req: Request) -> int:
     from ..circuit import Circuit
-    from ..plots import circuit_figure, write_html
+    from ..fileio import atomic_write_text
+    from . import inputs
 
     check_outputs(input_paths(circuit=req.circuit), {"--out": req.out})
+    labels = req.features.read_labels()
     circuit = Circuit.from_json(req.circuit)
     if req.node_threshold is not None or req.edge_threshold is not None or req.top_k is not None:
         circuit = circuit.prune(node_threshold=req.node_threshold, edge_threshold=req.edge_threshold,
                                 top_k=req.top_k)
-    write_html(circuit_figure(circuit, title=req.title), req.out)
+    page = inputs.circuit_page(circuit, title=req.title, dossiers=_dossiers(circuit, req.features), labels=labels)
+    atomic_write_text(req.out, page)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges → {req.out}")
     return 0

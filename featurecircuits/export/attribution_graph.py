@@ -37,6 +37,11 @@ Encodings (``metadata.featurecircuits`` records them):
 Our metric is a logit *difference*: it is one logit node, labelled with both answers and marked as the
 target. Edges into it come from the last submodule's nodes with weight = their score (as in our
 circuits); token nodes link to the embed row's nodes at their position with weight = those nodes' score.
+
+Signs follow the viewers' convention: a link's weight is positive when its source promotes the target
+(clean answer) logit, whatever the direction the circuit was scored in (under noising our scores are
+multiplied by −1: ``metadata.featurecircuits.link_sign``). Nodes that score 0 on the example, links of
+weight 0 and nodes left without any link are not exported.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ from .provenance import circuit_dictionaries, circuit_model, dictionary_records,
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# circuit-tracer's viewer shows feature cards (examples from features/<scan>/<index>.json) only for nodes of this
+# type, so feature nodes take it when feature files are written beside the graph
+VIEWER_FEATURE_TYPE = "cross layer transcoder"
 # The fields the viewer reads, with their JSON types (see tests/test_export.py for the schema check).
 METADATA_FIELDS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str}
 QPARAMS_FIELDS = {"pinnedIds": list, "supernodes": list, "linkType": str, "clickedId": str, "sg_pos": str}
@@ -116,6 +124,8 @@ def to_attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt
     for pos, (tid, tok) in enumerate(zip(prompt_ids, prompt_tokens, strict=True)):
         add(None, f"E_{tid}_{pos}", feature=pos, layer="E", ctx=pos, ftype="embedding", clerp=tok)
     for n in graph.nodes:
+        if graph.score(n) == 0:  # carries nothing on this example
+            continue
         add(n, **_circuit_node(graph, n, row[graph.ref(n).submodule], stride, prompt_tokens),
             fc_circuit_score=(circuit_scores or {}).get(n))
     metric = graph.graph.nodes[METRIC_NODE]
@@ -125,6 +135,8 @@ def to_attribution_graph(graph: Circuit, *, rows: list[str], prompt: str, prompt
                 score=metric.get("score"), is_target_logit=True, token_prob=float(token_prob),
                 fc_patch_answer_id=int(pid))
     links = _links(graph, ids, row, prompt_ids)
+    linked = {x for link in links for x in (link["source"], link["target"])} | {logit["node_id"]}
+    nodes = [n for n in nodes if n["node_id"] in linked]  # no isolated nodes
     metadata = _graph_metadata(graph, rows, slug=slug, scan=scan, prompt=prompt, prompt_tokens=prompt_tokens,
                                transcoder_list=transcoder_list, info=info, answers=(clean_answer, patch_answer),
                                stride=stride)
@@ -154,16 +166,19 @@ def _circuit_node(graph: Circuit, n: str, layer: int, stride: int, prompt_tokens
 
 
 def _links(graph: Circuit, ids: dict[str, str], row: dict[str, int], prompt_ids: list[int]) -> list[dict]:
-    """The circuit's edges, plus each token feeding the embed row's nodes at its position (weight = score)."""
-    links = [{"source": ids[u], "target": ids[v], "weight": float(w)} for u, v, w in graph.graph.edges(data="weight")]
+    """The circuit's edges, plus each token feeding the embed row's nodes at its position (weight = the node's
+    score), in the viewers' convention: sign × our weight, positive = promotes the target (clean) logit.
+    Links of weight 0 are left out."""
+    links = [{"source": ids[u], "target": ids[v], "weight": graph.sign * float(w)} for u, v, w in graph.edges
+             if u in ids and v in ids]
     for n in graph.nodes:
         sub, _, _, pos = graph.ref(n)
-        if row[sub] == 0:
-            links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n], "weight": float(graph.score(n))})
+        if row[sub] == 0 and n in ids:
+            links.append({"source": f"E_{prompt_ids[pos]}_{pos}", "target": ids[n], "weight": graph.effect(n)})
     for link in links:
         if not math.isfinite(link["weight"]):
             raise ValueError(f"edge {link['source']} → {link['target']} has a non-finite weight")
-    return links
+    return [link for link in links if link["weight"] != 0]
 
 
 def _graph_metadata(graph: Circuit, rows, *, slug, scan, prompt, prompt_tokens, transcoder_list, info, answers,
@@ -178,6 +193,8 @@ def _graph_metadata(graph: Circuit, rows, *, slug, scan, prompt, prompt_tokens, 
         "metric_source": meta.get("metric_source"), "layer_rows": {str(i): r for i, r in enumerate(rows)},
         "logit_layer": len(rows), "feature_stride": stride, "n_nodes": len(graph), "n_edges": graph.n_edges,
         "dictionaries": meta.get("dictionaries"), "dictionary_records": dictionary_records(meta),
+        "link_sign": graph.sign, "sign_convention": "link weight = link_sign × featurecircuits' edge weight (or, into "
+        "the logit and from tokens, × the node's score): positive promotes the target (clean answer) logit",
     }
     return {"slug": slug, "scan": scan, "transcoder_list": list(transcoder_list or []),
             "prompt_tokens": list(prompt_tokens), "prompt": prompt, "node_threshold": meta.get("node_threshold"),
@@ -191,10 +208,12 @@ def _transcoder_list(meta: dict) -> list[str]:
 
 
 def read_scores(data: dict) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    """Back from an exported graph: our node ids' scores and the weights of edges between them."""
+    """Back from an exported graph: our node ids' scores and the weights of edges between them (the links'
+    viewer-convention sign undone)."""
+    sign = data["metadata"].get("featurecircuits", {}).get("link_sign", 1)
     by_id = {n["node_id"]: n.get("fc_id") for n in data["nodes"]}
     scores = {n["fc_id"]: n["fc_score"] for n in data["nodes"] if n.get("fc_id") is not None}
-    weights = {(by_id[e["source"]], by_id[e["target"]]): e["weight"] for e in data["links"]
+    weights = {(by_id[e["source"]], by_id[e["target"]]): sign * e["weight"] for e in data["links"]
                if by_id.get(e["source"]) is not None and by_id.get(e["target"]) is not None}
     return scores, weights
 
@@ -220,40 +239,74 @@ def write_graph_files(data: dict, out: str | Path) -> Path:
     return path
 
 
-def _with_circuit_texts(data: dict, circuit: Circuit) -> None:
-    """Each exported node gets the circuit's score of its (summed) node and the contexts the circuit saw."""
+def _with_circuit_texts(data: dict, circuit: Circuit, *, viewer_cards: bool) -> None:
+    """Each exported node gets the circuit's score of its (summed) node, and features their label as
+    ``clerp`` (the viewer's label). With feature files beside the graph, feature nodes are typed as the viewer
+    expects to show them (``cross layer transcoder``; ours is in ``fc_feature_type``)."""
     summed = circuit.metadata.get("aggregation") != "none"
     for node in data["nodes"]:
         if node.get("fc_id") in (None, METRIC_NODE):
             continue
         ref = NodeRef.parse(node["fc_id"])
-        feat = ref.feature
+        base = ref.summed().id if summed else node["fc_id"]
         if summed:  # the circuit's node is summed over positions
-            base = ref.summed().id
             node["fc_circuit_score"] = circuit.score(base) if base in circuit.graph else None
-        else:
-            base = node["fc_id"]
-        contexts = circuit.graph.nodes[base].get("top_contexts") if base in circuit.graph else None
-        if feat is not None and contexts:
-            node["clerp"] = f"{ref.submodule}/f{feat}: fires on {contexts[0]}"
+        label = circuit.label(base) if base in circuit.graph and ref.kind == "feature" else None
+        if label:
+            node["clerp"] = f"{ref.submodule}/f{ref.feature} ‹{label}›"
+            node["fc_label_source"] = circuit.graph.nodes[base].get("label_source") or "top context"
+        if viewer_cards and ref.kind == "feature":
+            node["fc_feature_type"], node["feature_type"] = node["feature_type"], VIEWER_FEATURE_TYPE
+
+
+def _dossiers(features, model, dictionaries):
+    """``features``: Dossiers, a folder of them, "auto" (the cached dossiers of these dictionaries) or None."""
+    from ..features.circuits import find_dossiers, load_dossiers
+
+    if features is None or features == "none" or not dictionaries:
+        return None
+    if isinstance(features, str | Path):
+        return find_dossiers(model, dictionaries) if features == "auto" else \
+            load_dossiers(features, model, dictionaries)
+    return features
 
 
 def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int = 0, model=None,
                              dictionaries="auto", task=None, slug: str | None = None,
-                             edge_threshold: float | None = None) -> Path:
+                             edge_threshold: float | None = None, features="auto", labels=None) -> Path:
     """Export ``circuit`` on one example of its task to ``out`` (see the module docstring).
 
     ``model``: a loaded model or a spec for ``load_model`` (default the circuit's ``model``);
     ``dictionaries``: loaded dictionaries, a spec, or "auto" (from the circuit's metadata);
     ``task``: a JSONL path, a task name or a generator dict (default the circuit's ``task``);
-    ``edge_threshold``: keep edges with |weight| ≥ this on the example (default the circuit's)."""
+    ``edge_threshold``: keep edges with |weight| ≥ this on the example (default the circuit's);
+    ``features``: dossiers (or a folder of them; "auto": cached ones of the circuit's dictionaries) whose
+    cards are written as the viewer's feature files beside the graph; ``labels``: node id → Label (user
+    labels win over the dossiers' automatic ones), written as each feature's ``clerp``."""
+    model = circuit_model(circuit, model)
+    dictionaries, _ = circuit_dictionaries(circuit, model, dictionaries)
+    dossiers = _dossiers(features, model, dictionaries)
+    if dossiers is not None or labels:
+        from ..features.circuits import annotate
+
+        annotate(circuit, dossiers, labels)
+    data = _example_graph(circuit, model, dictionaries, task, example, slug, edge_threshold)
+    _with_circuit_texts(data, circuit, viewer_cards=dossiers is not None)
+    path = write_graph_files(data, out)
+    if dossiers is not None:
+        from ..features import write_feature_files
+
+        write_feature_files(dossiers, out, graph=data)
+    return path
+
+
+def _example_graph(circuit: Circuit, model, dictionaries, task, example: int, slug, edge_threshold) -> dict:
+    """The attribution-graph dict of one example of the circuit's task."""
     import torch
 
     from ..data import make_batch
 
     meta = circuit.metadata
-    model = circuit_model(circuit, model)
-    dictionaries, _ = circuit_dictionaries(circuit, model, dictionaries)
     spec = task if task is not None else task_spec(meta)
     ex = load_example(spec, model, example)
     tok = model.tokenizer
@@ -279,5 +332,4 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
               "creator_name": "featurecircuits export", "example": example, "task": spec,
               "patch_prompt": ex["patch_prefix"]})
     data["metadata"]["node_threshold"] = meta.get("node_threshold")  # the circuit's, not the example's 0
-    _with_circuit_texts(data, circuit)
-    return write_graph_files(data, out)
+    return data

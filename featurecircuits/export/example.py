@@ -12,20 +12,23 @@ from .provenance import task_spec
 
 
 def load_example(task: dict | str, model, index: int) -> dict:
-    """The ``index``-th example (file order) of a task given as a JSONL file or a generator spec."""
-    from ..tasks import load_task, make_task
+    """The ``index``-th example (file order) of a task given as a JSONL file or a generator spec, among the
+    pairs of its recorded ``split`` (the circuit's own pairs) where the spec names one."""
+    from ..splits import generate, select
+    from ..tasks import load_task
 
     spec = task_spec({"task": task}) if isinstance(task, str) else dict(task)
     path = spec.get("file") or spec.get("path")
+    split = spec.get("split") or "all"
     if path and Path(path).is_file():
-        examples = load_task(path, model.tokenizer).examples
+        examples = select(load_task(path, model.tokenizer), split).examples
     else:
         name = spec.get("name") or spec.get("generator")
         if not name:
             raise ValueError("the circuit's metadata names no task; pass --task (a JSONL file or a task name)")
         words = spec.get("words") or ("organism" if model.name == "organism" else "pythia")
-        examples = make_task(name, int(spec.get("n") or max(100, index + 1)), seed=int(spec.get("seed") or 0),
-                             words=words, tokenizer=model.tokenizer)
+        examples = generate(name, int(spec.get("n") or max(100, index + 1)), split=split,
+                            seed=int(spec.get("seed") or 0), words=words, tokenizer=model.tokenizer).examples
     if not 0 <= index < len(examples):
         raise ValueError(f"example {index} does not exist: the task has {len(examples)} examples (0 to "
                          f"{len(examples) - 1})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -25,11 +25,17 @@ def esc(text) -> str:
 
 @dataclass
 class Section:
-    """One figure of a page: a tab titled ``title`` (plain text, escaped when written)."""
+    """One tab of a page titled ``title`` (plain text, escaped when written): a figure, or several ``views``
+    of one thing (``(name, figure)``, the first shown first) a reader switches between."""
 
     title: str
     figure: go.Figure
-    note: str = ""  # plain text shown above the figure
+    note: str = ""  # plain text shown above the figure, one paragraph per line
+    views: list[tuple[str, go.Figure]] = field(default_factory=list)
+
+    @property
+    def figures(self) -> list[tuple[str, go.Figure]]:
+        return self.views or [("", self.figure)]
 
 
 def _asset(name: str) -> str:
@@ -41,22 +47,29 @@ def _script_json(obj) -> str:
     return json.dumps(obj).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def _section_html(index: int, section: Section, figure: dict) -> str:
+def _view_html(figure: dict) -> str:
     interactive = "featurecircuits" in (figure.get("layout", {}).get("meta") or {})
     controls = ("<div class='controls'><label>edges <input type='range' class='edges' min='0' step='1'>"
                 "</label><span class='edgelabel'></span><button class='reset'>show all</button>"
-                "<span class='help'>click a node: only its edges, and its details on the right</span></div>"
-                if interactive else "")
-    note = f"<div class='note'>{esc(section.note)}</div>" if section.note else ""
-    return (f"<section data-index='{index}'>{note}{controls}<div class='wrap'><div class='plot'></div>"
-            f"<div class='panel'></div></div></section>")
+                "<span class='help'>hover an edge for its weight; click a node: only its edges, and its details "
+                "on the right</span></div>" if interactive else "")
+    return (f"<div class='view'>{controls}<div class='wrap'><div class='plot'></div><div class='panel'></div></div>"
+            "</div>")
+
+
+def _section_html(index: int, section: Section, figures: list[dict]) -> str:
+    note = "".join(f"<div class='note'>{esc(line)}</div>" for line in section.note.split("\n") if line)
+    names = [name for name, _ in section.figures]
+    switch = ("<div class='views'>" + "".join(f"<button data-view='{j}'>{esc(n)}</button>" for j, n in
+                                              enumerate(names)) + "</div>") if len(names) > 1 else ""
+    return (f"<section data-index='{index}'>{note}{switch}{''.join(_view_html(f) for f in figures)}</section>")
 
 
 def page_html(sections: Sequence[Section], *, title: str = "featurecircuits") -> str:
-    """One self-contained page: plotly.js inlined once, one tab per section."""
+    """One self-contained page: plotly.js inlined once, one tab per section (views switched within a tab)."""
     from plotly.offline import get_plotlyjs
 
-    figures = [json.loads(s.figure.to_json()) for s in sections]
+    figures = [[json.loads(fig.to_json()) for _, fig in s.figures] for s in sections]
     tabs = "".join(f"<button onclick='fcShow({i})'>{esc(s.title)}</button>" for i, s in enumerate(sections))
     body = "".join(_section_html(i, s, f) for i, (s, f) in enumerate(zip(sections, figures, strict=True)))
     return (

@@ -96,14 +96,15 @@ def test_export_fields_ids_links_and_an_exact_round_trip():
     data = _export(c, batch, model)
     check_attribution_graph(data)
     scores, weights = read_scores(data)
-    assert scores == {n: c.graph.nodes[n]["score"] for n in c.graph.nodes}  # exact, the metric included
-    assert weights == {(u, v): w for u, v, w in c.graph.edges(data="weight")}
+    assert weights == {(u, v): w for u, v, w in c.edges if w != 0}  # exact, every edge with a weight
+    linked = {x for u, v, w in c.edges if w != 0 for x in (u, v)} | {n for n in c.nodes if n.startswith("embed")}
+    assert scores == {n: c.graph.nodes[n]["score"] for n in c.graph.nodes if n in linked and c.score(n) != 0}
     # the metric is one logit node labelled with both answers; tokens and errors are their own nodes
     (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert "“x”" in logit["clerp"] and "“y”" in logit["clerp"] and logit["is_target_logit"]
     assert logit["layer"] == str(len(model.submodules))
     tokens = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
-    assert [n["ctx_idx"] for n in tokens] == list(range(batch.n_tokens))
+    assert {n["ctx_idx"] for n in tokens} == {parse_node_id(n).position for n in c.nodes if n.startswith("embed")}
     assert any("error" in n["feature_type"] for n in data["nodes"])
     # layer = the submodule's row in execution order; feature = layer * stride + index
     stride = data["metadata"]["featurecircuits"]["feature_stride"]
@@ -121,7 +122,7 @@ def test_export_fields_ids_links_and_an_exact_round_trip():
 
 def test_export_rejects_summed_circuits_and_non_finite_weights():
     model, dicts, batch, c = _positional_circuit()
-    summed = discover(model, dicts, [batch], node_threshold=0.01, edge_threshold=0.0)
+    summed = discover(model, dicts, [batch], node_threshold=0.01, edge_threshold=0.0, aggregation="sum")
     with pytest.raises(ValueError, match="aggregation 'none'"):
         _export(summed, batch, model)
     u, v = next(iter(c.graph.edges))
@@ -134,7 +135,7 @@ def test_example_circuit_keeps_the_circuits_nodes_with_exact_edge_weights():
     model = tiny_model()
     dicts = random_dictionaries(model)
     batch = random_batch(n=3)
-    circuit = discover(model, dicts, [batch], top_k=25, edge_threshold=0.0)  # summed over positions
+    circuit = discover(model, dicts, [batch], top_k=25, edge_threshold=0.0, aggregation="sum")
     one = batch[1]
     g = example_circuit(model, dicts, circuit, one, edge_threshold=0.0)
     keys = {parse_node_id(n)[:3] for n in circuit.nodes}
@@ -183,8 +184,8 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     assert data["metadata"]["prompt"] == example["clean_prefix"]
     assert "".join(data["metadata"]["prompt_tokens"]).replace(" ", "") == example["clean_prefix"].replace(" ", "")
     c = Circuit.from_json(circuit)
-    summed = {n["fc_id"].split("@")[0] for n in data["nodes"] if n.get("fc_id") not in (None, METRIC_NODE)}
-    assert summed and summed <= set(c.nodes)
+    exported = {n["fc_id"] for n in data["nodes"] if n.get("fc_id") not in (None, METRIC_NODE)}
+    assert exported and exported <= set(c.nodes)  # the circuit keeps positions (every sva-rc prompt has one length)
     assert data["metadata"]["node_threshold"] == c.metadata.get("node_threshold")
     index = json.loads((out / "graph-metadata.json").read_text())
     assert [g["slug"] for g in index["graphs"]] == [data["metadata"]["slug"]]
@@ -243,3 +244,19 @@ def test_a_circuit_exports_with_the_dictionaries_it_was_found_with(tmp_path, cap
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "gs-res no longer exists" in err and "Traceback" not in err
+
+
+def test_an_exported_noising_example_follows_the_viewers_sign_and_has_no_dead_nodes():
+    """Under noising the circuit's supporters of the clean answer score < 0; exported, the links into the
+    target logit add up to a positive weight, nothing weighs 0 and every node has a link."""
+    model, _, batch, c = _positional_circuit()
+    assert c.metadata["direction"] == "noising"
+    data = _export(c, batch, model)
+    (logit,) = [n["node_id"] for n in data["nodes"] if n["is_target_logit"]]
+    into = [link["weight"] for link in data["links"] if link["target"] == logit]
+    assert into and sum(into) > 0
+    assert sum(into) == pytest.approx(c.sign * sum(c.score(u) for u, v, _ in c.edges if v == METRIC_NODE))
+    assert all(link["weight"] != 0 for link in data["links"])
+    assert all(n["fc_score"] != 0 for n in data["nodes"] if n.get("fc_id") not in (None, METRIC_NODE))
+    linked = {x for link in data["links"] for x in (link["source"], link["target"])}
+    assert {n["node_id"] for n in data["nodes"]} == linked

@@ -65,7 +65,11 @@ def test_rows_in_execution_order_labels_shapes_and_token_columns():
     assert any("/f" in n for n in c.nodes) and any("/err" in n for n in c.nodes)
     rows = submodule_rows(c)
     assert rows[:4] == ["embed", "attn_0", "mlp_0", "resid_0"] and rows[-1] == "resid_1"  # resid_l above attn/mlp
-    fig = circuit_figure(c, tokens=["<i>", "b", "c", "d", "e", "f"], label_top=5)
+    c.metadata["positions"] = [{"clean": t, "patch": None, "varies": False, "role": None} for t in "<bcdef"]
+    c.metadata["positions"][0]["clean"] = "<i>"
+    c.metadata["positions"][2].update(patch="X", role="S1")
+    c.metadata["positions"][3]["varies"] = True
+    fig = circuit_figure(c, label_top=5)
     nodes = next(t for t in fig.data if t.name == "nodes")
     y_of = dict(zip(nodes.customdata, nodes.y, strict=True))
     for n in c.nodes:  # each node sits in its submodule's row band
@@ -79,10 +83,11 @@ def test_rows_in_execution_order_labels_shapes_and_token_columns():
     assert {symbols[n] for n in c.nodes if "/err" in n} == {"triangle-up"} and symbols[METRIC_NODE] == "diamond"
     assert {symbols[n] for n in c.nodes if "/f" in n} == {"circle"}
     ticks = list(fig.layout.xaxis.ticktext)
-    assert len(ticks) == 6 and ticks[0].startswith("&lt;i&gt;") and ticks[1].startswith("b")
-    # examples whose tokens differ at a position: "pos k" there
-    ticks = list(circuit_figure(c, tokens=[list("abcdef"), list("abXdef")]).layout.xaxis.ticktext)
-    assert ticks[2].startswith("pos 2") and ticks[3].startswith("d")
+    assert len(ticks) == 6 and ticks[0] == "&#x27;&lt;i&gt;&#x27;<br>0" and ticks[1] == "&#x27;b&#x27;<br>1"
+    assert ticks[2] == "<b>S1</b><br>&#x27;c&#x27; / &#x27;X&#x27;<br>2"  # role, clean / patch token, position
+    assert ticks[3] == "e.g. &#x27;d&#x27;<br>3"  # the examples' tokens differ here
+    lo, hi = fig.layout.xaxis.range  # every node inside the plot area
+    assert all(lo < x < hi for x in nodes.x) and all(-0.7 < y < len(rows) + 0.7 for y in nodes.y)
     assert any("resid" in str(t.name) or "feature" in str(t.name) for t in fig.data if t.showlegend is not False)
 
 
@@ -92,13 +97,20 @@ def test_one_page_many_figures_shared_scale_and_size(tmp_path):
     batch = random_batch()
     small = discover(model, dicts, [batch], top_k=5, edge_threshold=0.0)
     big = discover(model, dicts, [batch], top_k=40, edge_threshold=0.0)
-    path = circuits_page({"small": small, "big": big}, tmp_path / "p.html", title="run <1>")
-    text = path.read_text()
+    def figures_of(path):
+        text = path.read_text()
+        found = re.search(r"const FC_FIGURES = (\[.*?\]);\n", text, re.S).group(1).replace("<\\/", "</")
+        return text, [views[0] for views in json.loads(found)]
+
+    def cmax(f):
+        return f["data"][f["layout"]["meta"]["featurecircuits"]["node_trace"]]["marker"]["cmax"]
+
+    text, figures = figures_of(circuits_page({"small": small, "big": big}, tmp_path / "p.html", title="run <1>"))
     assert_offline(text)  # one copy of plotly.js for both figures
-    figures = json.loads(re.search(r"const FC_FIGURES = (\[.*?\]);\n", text, re.S).group(1).replace("<\\/", "</"))
     assert len(figures) == 2
-    cmax = [f["data"][8]["marker"]["cmax"] for f in figures]  # the node trace follows the 8 edge traces
-    assert cmax[0] == cmax[1] == max(abs(big.score(n)) for n in big.nodes)  # one colour scale for the run
+    assert [cmax(f) for f in figures] == [max(abs(c.score(n)) for n in c.nodes) for c in (small, big)]  # per tab
+    _, shared = figures_of(circuits_page({"small": small, "big": big}, tmp_path / "s.html", shared_scale=True))
+    assert cmax(shared[0]) == cmax(shared[1]) == max(abs(big.score(n)) for n in big.nodes)  # one scale
     assert "run &lt;1&gt;" in text and "<title>run <1>" not in text
     for f, c in zip(figures, (small, big), strict=True):
         fc_meta = f["layout"]["meta"]["featurecircuits"]
@@ -133,8 +145,12 @@ def test_curve_figure_has_a_line_per_method():
     model = tiny_model()
     curve = faithfulness_curve(model, random_dictionaries(model), [random_batch()], methods=("relp", "atp"),
                                thresholds=[0.01, 1.0])
-    names = [t.name for t in curve_figure(curve).data]
-    assert "relp faithfulness" in names and "atp completeness" in names and "random (atp sizes)" in names
+    fig = curve_figure(curve, marks=[("found", "relp", 7, {"faithfulness": 0.5, "completeness": 0.1})])
+    names = [t.name for t in fig.data]
+    assert f"relp (AUC {curve.auc('relp'):.3f})" in names and any(n.startswith("atp (AUC") for n in names)
+    assert any("random circuits" in n for n in names) and "this page's found" in names
+    texts = [a.text for a in fig.layout.annotations]
+    assert any("lower is better" in t for t in texts) and any("higher is better" in t for t in texts)
 
 
 @pytest.mark.organism
@@ -155,3 +171,69 @@ def test_cli_discover_evaluate_plot_on_the_organism(tmp_path, capsys):
     assert "faithfulness" in out and "5 nodes" in out
     assert main(["evaluate", "--task", "sva-rc", "--circuit", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_one_sign_convention_toward_the_clean_answer_whatever_the_direction():
+    """Under noising a node that supports the clean answer scores < 0 (patching it away lowers the metric);
+    the page shows sign × score: red (+) toward the clean answer in both directions."""
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch()
+    noising = discover(model, dicts, [batch], top_k=12, edge_threshold=0.0, direction="noising")
+    denoising = discover(model, dicts, [batch], top_k=12, edge_threshold=0.0, direction="denoising")
+    assert noising.sign == -1 and denoising.sign == 1
+    for c in (noising, denoising):
+        fig = circuit_figure(c)
+        meta = fig.layout.meta["featurecircuits"]
+        colours = dict(zip(meta["ids"], fig.data[meta["node_trace"]].marker.color, strict=True))
+        assert all(colours[n] == pytest.approx(max(-1e9, c.sign * c.score(n))) for n in c.nodes)
+        weights = {(meta["ids"][u], meta["ids"][v]): w for u, v, w in meta["edges"]}
+        assert all(weights[(u, v)] == pytest.approx(c.sign * w) for u, v, w in c.edges)
+        hover = fig.data[meta["hover_trace"]].hovertext
+        assert len(hover) == min(300, c.n_edges) and "edge toward the clean answer" in hover[0]
+
+
+def test_the_summed_view_of_a_positional_circuit_is_the_summed_circuit():
+    """Summing a positional circuit's node scores and edge weights over positions gives exactly what discover
+    finds with aggregation='sum' (every node and edge kept)."""
+    model = tiny_model()
+    dicts = random_dictionaries(model)
+    batch = random_batch()
+    kw = dict(node_threshold=0.0, edge_threshold=0.0)
+    summed = discover(model, dicts, [batch], aggregation="none", **kw).summed()
+    direct = discover(model, dicts, [batch], aggregation="sum", **kw)
+    nonzero = [n for n in direct.nodes if direct.score(n) != 0]
+    assert set(nonzero) <= set(summed.nodes)
+    for n in summed.nodes:
+        assert summed.score(n) == pytest.approx(direct.score(n) if n in direct.graph else 0.0, abs=1e-6)
+    for u, v, w in direct.edges:
+        if u in summed.graph and v in summed.graph:
+            assert summed.graph.edges[u, v]["weight"] == pytest.approx(w, abs=1e-6), (u, v)
+
+
+def test_each_tab_states_its_context_and_offers_both_views(tmp_path):
+    from featurecircuits.evaluation import Faithfulness
+
+    c = discover(*(lambda m: (m, random_dictionaries(m)))(tiny_model()), [random_batch()], top_k=10,
+                 aggregation="none", edge_threshold=0.0)
+    c.metadata["example"] = {"clean_prefix": "The pilot", "patch_prefix": "The pilots", "clean_answer": " was",
+                             "patch_answer": " were"}
+    result = Faithfulness(0.91, 0.02, 1.0, 0.1, 0.0, 1.1, 10, 3, {"ablation": "mean"}, "evaluation", 24, 0.0)
+    text = c.to_html(tmp_path / "c.html", evaluation=result).read_text()
+    for phrase in ("logit(&#x27; was&#x27;) − logit(&#x27; were&#x27;)", "Faithfulness 0.910, completeness 0.020 "
+                   "(lower is better)", "24 evaluation pairs, held out", "Error terms hold", "Sign: red (+) pushes",
+                   "data-view='1'>summed over positions"):
+        assert phrase in text, phrase
+
+
+@pytest.mark.organism
+def test_discover_verify_records_agreement_with_activation_patching_and_the_page_shows_it(tmp_path, capsys):
+    out, page = tmp_path / "c.json", tmp_path / "c.html"
+    assert main(["discover", "--task", "sva-rc", "--n-examples", "6", "--top-k", "12", "--verify", "4",
+                 "--features", "none", "--out", str(out), "--html", str(page)]) == 0
+    v = json.loads(out.read_text())["metadata"]["verification"]
+    assert {"pearson", "spearman", "sign_agreement", "top_k_overlap", "n", "k", "patched_forwards"} <= set(v)
+    assert v["k"] == 4 and v["n"] == len(v["nodes"]) and 8 <= v["n"] <= 12 and -1 <= v["pearson"] <= 1
+    assert "verified against activation patching" in capsys.readouterr().out
+    assert "Checked against activation patching on" in page.read_text()
+    assert Circuit.from_json(out).metadata["verification"] == v  # survives the round trip
