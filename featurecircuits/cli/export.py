@@ -9,7 +9,7 @@ from ..export import FORMATS
 from ..registry import TASK_NAMES
 from . import inputs
 from .guards import check_outputs, input_paths
-from .options import TaskOptions, from_args, nonnegative_int, positive_int, threshold
+from .options import FeatureOptions, TaskOptions, add_features, from_args, nonnegative_int, positive_int, threshold
 
 NAME = "export"
 HELP = "one example of a circuit as an attribution graph (circuit-tracer's viewer, Neuronpedia)"
@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--slug", help="the graph's name (default model-task-method-exN)")
     p.add_argument("--edge-threshold", type=threshold,
                    help="keep links with |weight| ≥ this (default: the circuit's)")
+    add_features(p)
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,11 @@ class Request:
     n_examples: int | None
     slug: str | None
     edge_threshold: float | None
+    features: FeatureOptions
 
     @classmethod
     def from_args(cls, args) -> Request:
-        return from_args(cls, args)
+        return from_args(cls, args, features=from_args(FeatureOptions, args))
 
 
 def run(req: Request) -> int:
@@ -59,13 +61,14 @@ def run(req: Request) -> int:
     check_outputs(reads, {}, {"--out": (req.out, ["graph-metadata.json"])})
     if req.task is not None and not Path(req.task).is_file() and req.task not in TASK_NAMES:
         inputs.file_task(TaskOptions(req.task, req.n_examples, seed=req.seed))  # raises, naming --task
+    labels = req.features.read_labels()
     circuit = Circuit.from_json(req.circuit)
     task = req.task
     if task is not None and not Path(task).is_file():  # a task name: generated as the circuit's was
         task = {"name": task, "seed": req.seed, **({"n": req.n_examples} if req.n_examples else {})}
     path = export_circuit(circuit, req.out, format=req.format, example=req.example, model=req.model,
                           dictionaries=req.dictionaries or "auto", task=task, slug=req.slug,
-                          edge_threshold=req.edge_threshold)
+                          edge_threshold=req.edge_threshold, features=req.features.features or "auto", labels=labels)
     hint = FORMATS[req.format].hint
     print(f"example {req.example} as {req.format} → {path}" + (f"; {hint}" if hint else ""))
     return 0

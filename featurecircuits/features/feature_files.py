@@ -31,11 +31,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
-
-try:
-    from ..nodes import parse_node_id
-except ImportError:  # releases where node ids are parsed in circuit.py
-    from ..circuit import parse_node_id
+from ..nodes import parse_node_id
 
 __all__ = ["EXAMPLE_FIELDS", "FEATURE_FIELDS", "feature_file", "quantile_values", "write_feature_files"]
 

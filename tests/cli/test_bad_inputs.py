@@ -141,7 +141,7 @@ CASES = [
     ("task", "multi-token-answer", {"t.jsonl": _json({**GOOD[0], "clean_answer": " is is"})},
      D + ["--task", "{t}/t.jsonl"], 2, ["t.jsonl", "single token"]),
     ("task", "more-examples-than-distinct", {}, D + ["--task", "sva-simple", "--n-examples", "41"], 2,
-     ["--n-examples 41", "only 40 distinct pairs"]),
+     ["--n-examples 41", "only 17 distinct pairs in its discovery split"]),
     ("task", "make-negative-n", {}, ["tasks", "make", "ioi", "--n", "-5", "--out", "{t}/earlier.json"], 2,
      ["--n", "≥ 1", "-5"]),
     ("task", "make-zero-n", {}, ["tasks", "make", "ioi", "--n", "0", "--out", "{t}/earlier.json"], 2, ["--n", "≥ 1"]),
@@ -348,6 +348,10 @@ CASES = [
     ("output", "train-out-is-a-file", {}, ["organism", "train", "--out", "{t}/earlier.json"], 2, ["--out"]),
     ("option", "card-out-without-a-model", {}, ["organism", "card", "--out", "{t}/full"], 2,
      ["--out", "no model folder"]),
+    ("dictionaries", "features-without-dictionaries", {}, ["features", "--dictionaries", "none", "--out", "{t}/d"],
+     2, ["--dictionaries none", "give dictionaries"]),
+    ("model", "features-model-not-a-model-folder", {}, ["features", "--model", "{t}/full", "--out", "{t}/d"], 2,
+     ["--model"]),
 ]
 
 
