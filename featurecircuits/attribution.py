@@ -320,7 +320,7 @@ def _run_patches(model, splice, batch, metric, cfg, runs: Runs, patches, progres
     """Patches grouped by their first position, each group run
     from there on over the prefix cache, in chunks of at most ``cfg.max_batch`` sequences (at least one patch)."""
     n, T = len(batch), batch.n_tokens
-    effects = torch.zeros(len(patches), n, device=runs.metric_base.device)
+    effects = torch.zeros(len(patches), n, dtype=runs.metric_base.dtype, device=runs.metric_base.device)
     by_pos: dict[int, list[int]] = {}
     for j, p in enumerate(patches):
         by_pos.setdefault(min(p.positions), []).append(j)

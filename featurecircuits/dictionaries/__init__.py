@@ -24,7 +24,13 @@ _API = {
 __all__ = sorted(_API)
 
 
+_MODULES = ("base", "formats", "hub", "sets", "spec", "hooks", "quality", "saelens", "gemma_scope",
+            "dictionary_learning")
+
+
 def __getattr__(name: str):
+    if name in _MODULES:  # a submodule, as `featurecircuits.dictionaries.sets`
+        return importlib.import_module(f".{name}", __name__)
     if name not in _API:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
@@ -33,4 +39,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, *_MODULES})

@@ -292,8 +292,8 @@ def test_a_generated_task_with_the_default_count_takes_the_distinct_pairs_there_
     out = tmp_path / "c.json"
     assert main(["discover", "--task", "sva-simple", "--top-k", "5", "--edge-threshold", "0.1", "--batch-size", "40",
                  "--out", str(out)]) == 0
-    assert "sva-simple has 40 distinct pairs" in capsys.readouterr().err
-    assert json.loads(out.read_text())["metadata"]["n_examples"] == 40
+    assert "sva-simple has only 17 distinct pairs in its discovery split" in capsys.readouterr().err
+    assert json.loads(out.read_text())["metadata"]["n_examples"] == 17  # of the 40 there are, 23 are held out
 
 
 # --------------------------------------------------------------------------------------------------

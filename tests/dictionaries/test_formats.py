@@ -390,7 +390,7 @@ def test_a_residual_only_set_puts_nodes_and_edges_on_the_residual_stream():
     model.hf.double()
     dicts = {k: v.double() for k, v in random_dictionaries(model).items() if k.startswith("resid")}
     batch = random_batch(n=2, t=4)
-    c = discover(model, dicts, [batch], method="atp", node_threshold=0.0, edge_threshold=1e-4)
+    c = discover(model, dicts, [batch], method="atp", node_threshold=0.0, edge_threshold=1e-4, aggregation="sum")
     subs = {parse_node_id(n)[0] for n in c.graph.nodes if n != "logit"}
     assert subs == {"resid_0", "resid_1"}  # only submodules with a dictionary carry nodes
     assert [s.name for s in Splice(model, dicts).submodules] == ["resid_0", "resid_1"]
