@@ -30,6 +30,9 @@ DEFAULT_KINDS = ("embed", "attn", "mlp", "resid")  # the submodules that carry n
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 SPLITS = ("discovery", "evaluation", "all")  # a task's pairs (featurecircuits.splits)
 PLANNED_METHODS = ("atp", "relp")  # the memory planner models the gradient path
+# What a circuit page draws without being asked: building one grows with its edges (about 3 s for 10k, 30 s
+# for 240k on a 2-core machine) and a browser slows down long before a 19k-node circuit is drawn.
+PLOT_MAX_NODES, PLOT_MAX_EDGES = 1000, 50_000
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..registry import PLOT_MAX_EDGES as MAX_EDGES
+from ..registry import PLOT_MAX_NODES as MAX_NODES
 from .guards import check_outputs, input_paths
-from .options import FeatureOptions, add_features, from_args, nonnegative_int, threshold
+from .options import FeatureOptions, add_features, from_args, nonnegative_int, positive_int, threshold
 
 NAME = "plot"
 HELP = "interactive HTML graph of a saved circuit"
@@ -18,6 +20,11 @@ def add_arguments(p) -> None:
     p.add_argument("--node-threshold", type=threshold, help="show only nodes with |score| ≥ this")
     p.add_argument("--edge-threshold", type=threshold, help="show only edges with |weight| ≥ this")
     p.add_argument("--top-k", type=nonnegative_int, help="show only the K nodes with the largest |score|")
+    p.add_argument("--max-nodes", type=positive_int, default=MAX_NODES,
+                   help=f"draw circuits of at most this many nodes (after the options above; default {MAX_NODES:,}): "
+                        "a larger one is refused before drawing, as its page takes minutes to build and open")
+    p.add_argument("--max-edges", type=positive_int, default=MAX_EDGES,
+                   help=f"likewise for edges (default {MAX_EDGES:,})")
     add_features(p)
 
 
@@ -29,6 +36,8 @@ class Request:
     node_threshold: float | None
     edge_threshold: float | None
     top_k: int | None
+    max_nodes: int
+    max_edges: int
     features: FeatureOptions
 
     @classmethod
@@ -54,7 +63,7 @@ def _dossiers(circuit, options: FeatureOptions):
 def run(req: Request) -> int:
     from ..circuit import Circuit
     from ..fileio import atomic_write_text
-    from . import inputs
+    from ..plots import check_size, circuit_sections, page_html
 
     check_outputs(input_paths(circuit=req.circuit), {"--out": req.out})
     labels = req.features.read_labels()
@@ -62,7 +71,10 @@ def run(req: Request) -> int:
     if req.node_threshold is not None or req.edge_threshold is not None or req.top_k is not None:
         circuit = circuit.prune(node_threshold=req.node_threshold, edge_threshold=req.edge_threshold,
                                 top_k=req.top_k)
-    page = inputs.circuit_page(circuit, title=req.title, dossiers=_dossiers(circuit, req.features), labels=labels)
-    atomic_write_text(req.out, page)
+    limits = {"max_nodes": req.max_nodes, "max_edges": req.max_edges}
+    check_size(circuit, req.circuit, **limits)  # before its model and dossiers load
+    title = req.title or f"{circuit.metadata.get('method', '')} circuit · {circuit.metadata.get('model', '')}"
+    sections = circuit_sections({title: circuit}, dossiers=_dossiers(circuit, req.features), labels=labels, **limits)
+    atomic_write_text(req.out, page_html(sections, title=title))
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges → {req.out}")
     return 0

@@ -23,14 +23,18 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ..circuit import Circuit
+from ..errors import UsageError
 from ..nodes import METRIC_NODE
+from ..registry import PLOT_MAX_EDGES as MAX_EDGES
+from ..registry import PLOT_MAX_NODES as MAX_NODES
 from . import context
 from .curve import curve_figure
 from .layout import layout, n_positions, submodule_rows
 from .page import Section, esc, write_page
 from .palette import NEGATIVE, POSITIVE, SCORE_COLORSCALE
 
-__all__ = ["circuit_figure", "circuit_sections", "circuits_page", "shared_scales", "submodule_rows"]
+__all__ = ["MAX_EDGES", "MAX_NODES", "PlotTooLarge", "check_size", "circuit_figure", "circuit_sections",
+           "circuits_page", "shared_scales", "submodule_rows"]
 
 _SYMBOLS = {"feature": "circle", "error": "triangle-up", "component": "square", "metric": "diamond"}
 # edge width buckets by |weight| / weight_scale: (upper bound, line width, opacity)
@@ -228,13 +232,32 @@ def _circuit_layout(circuit: Circuit, where, title) -> dict:
         legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}})
 
 
+class PlotTooLarge(UsageError):
+    """A circuit beyond the size a page draws without being asked."""
+
+
+def check_size(circuit: Circuit, name: str, *, max_nodes: int = MAX_NODES, max_edges: int = MAX_EDGES) -> None:
+    """Refuse, before any drawing, a circuit larger than ``max_nodes`` nodes or ``max_edges`` edges, saying how
+    to draw part of it or to raise the limit."""
+    if len(circuit) > max_nodes or circuit.n_edges > max_edges:
+        raise PlotTooLarge(
+            f"{name} has {len(circuit):,} nodes and {circuit.n_edges:,} edges, more than a page draws without "
+            f"being asked ({max_nodes:,} nodes, {max_edges:,} edges: a page that size takes minutes to build and to "
+            "open): draw its largest nodes with --top-k K (or fewer edges with --edge-threshold W), or raise the "
+            "limit with --max-nodes N / --max-edges M (API: Circuit.prune, max_nodes=, max_edges=)")
+
+
 def circuit_sections(circuits: dict[str, Circuit], *, evaluations: dict | None = None, shared_scale: bool = False,
-                     dossiers=None, labels=None, **figure_options) -> list[Section]:
+                     dossiers=None, labels=None, max_nodes: int = MAX_NODES, max_edges: int = MAX_EDGES,
+                     **figure_options) -> list[Section]:
     """One tab per circuit: its notes and, for a positional circuit, the positions and the summed view.
     ``dossiers`` (:class:`featurecircuits.features.Dossiers`) and ``labels`` (node id → Label) label the
-    feature nodes (set on the circuits) and give each a card."""
+    feature nodes (set on the circuits) and give each a card. A circuit beyond ``max_nodes`` or ``max_edges``
+    is refused (:class:`PlotTooLarge`) before anything is drawn."""
     from ..features.circuits import annotate, compact_card
 
+    for name, c in circuits.items():
+        check_size(c, name, max_nodes=max_nodes, max_edges=max_edges)
     scales = shared_scales(list(circuits.values())) if shared_scale else {}
     sections = []
     for name, c in circuits.items():

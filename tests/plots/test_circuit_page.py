@@ -11,7 +11,7 @@ from featurecircuits.circuit import Circuit, discover
 from featurecircuits.cli import main
 from featurecircuits.evaluation import faithfulness_curve
 from featurecircuits.nodes import METRIC_NODE, parse_node_id
-from featurecircuits.plots import circuit_figure, circuits_page, curve_figure, submodule_rows, write_html
+from featurecircuits.plots import PlotTooLarge, circuit_figure, circuits_page, curve_figure, submodule_rows, write_html
 from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 _SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S | re.I)
@@ -118,27 +118,55 @@ def test_one_page_many_figures_shared_scale_and_size(tmp_path):
         assert f"{len(c)} nodes, {c.n_edges} edges" in f["layout"]["title"]["text"]
 
 
-def test_a_large_circuit_page_stays_small(tmp_path):
-    """1,000 nodes and 10,000 edges: a page of at most 10 MB (plotly.js is 4.8 MB of it)."""
+def _random_circuit(n_nodes: int, n_edges: int, seed: int = 0) -> Circuit:
     import random
 
     import networkx as nx
 
-    rng = random.Random(0)
+    rng = random.Random(seed)
     subs = ["embed"] + [f"{k}_{l}" for l in range(6) for k in ("attn", "mlp", "resid")]
     g = nx.DiGraph()
     g.add_node(METRIC_NODE, kind="metric", score=1.0)
-    names = [f"{rng.choice(subs)}/f{i}" for i in range(1000)]
+    names = [f"{rng.choice(subs)}/f{i}" for i in range(n_nodes)]
     for n in names:
         g.add_node(n, kind="feature", score=rng.gauss(0, 1), mean_activation=1.0, top_contexts=["a [b] (1.0)"])
     pairs = set()
-    while len(pairs) < 10_000:
+    while len(pairs) < n_edges:
         pairs.add(tuple(rng.sample(names, 2)))
     g.add_weighted_edges_from((u, v, rng.gauss(0, 1)) for u, v in sorted(pairs))
-    c = Circuit(g, {"model": "synthetic", "method": "relp", "submodules": subs})
+    return Circuit(g, {"model": "synthetic", "method": "relp", "submodules": subs})
+
+
+def test_a_large_circuit_page_stays_small(tmp_path):
+    """1,000 nodes and 10,000 edges: a page of at most 10 MB (plotly.js is 4.8 MB of it)."""
+    c = _random_circuit(1000, 10_000)
     path = write_html(circuit_figure(c), tmp_path / "big.html")
     assert path.stat().st_size <= 10 * 2**20
     assert_offline(path.read_text())
+
+
+def test_a_circuit_beyond_the_plot_limits_is_refused_before_drawing(tmp_path):
+    c = _random_circuit(60, 300)
+    assert len(c) == 60 and c.n_edges == 300  # the metric node is not counted
+    with pytest.raises(PlotTooLarge, match=r"has 60 nodes and 300 edges.*--top-k K.*--max-nodes N"):
+        circuits_page({"c": c}, tmp_path / "c.html", max_nodes=59)
+    with pytest.raises(PlotTooLarge, match="300 edges"):
+        c.to_html(tmp_path / "c.html", max_edges=299)
+    assert not (tmp_path / "c.html").exists()
+    c.to_html(tmp_path / "c.html", max_nodes=60, max_edges=300)  # at the limits: drawn
+    assert (tmp_path / "c.html").stat().st_size > 0
+
+
+def test_plot_refuses_a_circuit_beyond_max_nodes_and_draws_its_top_k(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    _random_circuit(60, 300).to_json(path)
+    out = tmp_path / "c.html"
+    assert main(["plot", "--circuit", str(path), "--out", str(out), "--max-nodes", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "c.json has 60 nodes and 300 edges" in err and "--top-k" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["plot", "--circuit", str(path), "--out", str(out), "--max-nodes", "40", "--top-k", "40"]) == 0
+    assert "40 nodes" in capsys.readouterr().out and out.stat().st_size > 0
 
 
 def test_curve_figure_has_a_line_per_method():
