@@ -25,10 +25,12 @@ _API = {
     "FAMILIES": "registry", "METHODS": "registry",
     "Splice": "splice",
     "Task": "tasks", "load_task": "tasks", "make_task": "tasks",
+    "compare_features": "fidelity", "verify_circuit": "fidelity",
+    "build_dossiers": "features", "open_corpus": "features", "read_labels": "features",
 }
 _MODULES = ("fileio", "registry", "splice", "tasks", "models", "dictionaries", "config", "scoring", "evaluation",
             "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan", "paths",
-            "nodes", "sparse")
+            "nodes", "sparse", "fidelity", "features", "splits", "positions")
 
 __all__ = sorted({*_API, "fileio", "registry", "splice", "tasks"})
 

@@ -166,7 +166,7 @@ def compare_features(model: Model, dictionaries: dict, batches: Sequence[Batch],
                      methods: Sequence[str] = ("atp", "relp"), attribution: AttributionConfig | None = None,
                      rules: Sequence[LRPConfig] | None = None, groups: Sequence[str] | None = None,
                      normalized: bool = False, sample: int | None = None, seed: int = 0, max_batch: int = 256,
-                     submodules: Sequence[str] | None = None, task_name: str = "task", progress: bool = False,
+                     submodules: Sequence[str] | None = None, task_name: str = "task", progress: bool = True,
                      checkpoint=None) -> FeatureComparison:
     """Every method against the exact AP of the feature and error nodes of ``dictionaries`` (all active ones, or
     ``sample`` features per submodule and position, seeded by ``seed``); arguments as for
