@@ -27,12 +27,14 @@ from .errors import UsageError
 from .fileio import atomic_write_many, atomic_write_text
 from .locking import LOCK_FILE, FolderLock
 
-__all__ = ["MANIFEST", "RunDir", "check_resumable", "describe_run", "fingerprint", "is_run_folder"]
+__all__ = ["MANIFEST", "RunDir", "check_resumable", "clear_for_ranks", "describe_run", "fingerprint", "is_run_folder",
+           "rank_folders", "remove_rank_folders"]
 
 MANIFEST = "run.json"
 SCHEMA = "featurecircuits.run"
 VERSION = 2
 _TEMP = re.compile(r"^\..+\.fc-\d+-[^.]*\.tmp$")  # fileio's temp files
+_RANK = re.compile(r"^rank-\d+$")  # under torchrun, each rank's run folder inside the run's folder
 
 
 def fingerprint(obj: Any) -> str:
@@ -61,7 +63,39 @@ def foreign_entries(folder: Path) -> list[str]:
         names = os.listdir(folder)
     except OSError:
         return []
-    return sorted(n for n in names if n not in ours and not n.endswith(".pt") and not _TEMP.match(n))
+    return sorted(n for n in names if n not in ours and not n.endswith(".pt") and not _TEMP.match(n)
+                  and not (_RANK.match(n) and (folder / n).is_dir()))
+
+
+def rank_folders(folder: str | Path) -> list[Path]:
+    """The run folders of a torchrun launch's ranks in ``folder`` (``rank-0/``, ``rank-1/``, …)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [folder / n for n in os.listdir(folder) if _RANK.match(n) and is_run_folder(folder / n)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def clear_for_ranks(folder: Path, world_size: int) -> None:
+    """Before a restarted run over ``world_size`` ranks: what else ``folder`` holds of earlier runs (a
+    one-process run's manifest and units, the folders of ranks this launch does not have) is removed."""
+    for name in os.listdir(folder):
+        target = folder / name
+        if _RANK.match(name) and target.is_dir():
+            if int(name.split("-")[1]) >= world_size:
+                shutil.rmtree(target, ignore_errors=True)
+        elif name == MANIFEST or name == LOCK_FILE or name.endswith(".pt") or _TEMP.match(name):
+            with contextlib.suppress(OSError):
+                target.unlink()
+
+
+def remove_rank_folders(folder: Path) -> None:
+    """A finished torchrun launch: every rank's run folder (each closed by its rank) and, if then empty, the
+    folder holding them."""
+    for rank in rank_folders(folder):
+        shutil.rmtree(rank, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def describe_run(folder: str | Path) -> str:

@@ -16,6 +16,7 @@ import networkx as nx
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .attribution import attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric, logit_diff
@@ -259,8 +260,10 @@ def _check_lengths(batches: list[Batch], aggregation: str) -> tuple[list[int], s
     return lengths, aggregation
 
 
-def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: int = 4) -> dict[Node, list[str]]:
-    """For each feature node, the base-prompt contexts (last ``width`` tokens) where it is most active."""
+def _context_candidates(results, nodes: list[Node], k: int = 3, width: int = 4
+                        ) -> dict[Node, list[tuple[float, list[int]]]]:
+    """For each feature node, the ``k`` base-prompt contexts (token ids of the last ``width`` tokens) where it is
+    most active, with the activation, largest first."""
     out = {}
     for node in nodes:
         sub, _, feat, pos = node
@@ -273,28 +276,35 @@ def _top_contexts(model: Model, results, nodes: list[Node], k: int = 3, width: i
             for value, flat in zip(*acts.flatten().topk(min(k, acts.numel())), strict=True):
                 b, t = divmod(int(flat), acts.shape[1])
                 found.append((float(value), ids[b, max(0, t - width + 1):t + 1].tolist()))
-        found.sort(key=lambda x: -x[0])
-        texts = []
-        for value, ids in found[:k]:
-            if value <= 0:
-                break
-            toks = model.tokenizer.convert_ids_to_tokens(ids)
-            texts.append(" ".join(toks[:-1] + [f"[{toks[-1]}]"]) + f" ({value:.2f})")
-        out[node] = texts
+        found.sort(key=lambda x: -x[0])  # stable: ties stay in pair order
+        out[node] = found[:k]
     return out
 
 
+def _context_texts(model: Model, found: list[tuple[float, list[int]]]) -> list[str]:
+    texts = []
+    for value, ids in found:
+        if value <= 0:
+            break
+        toks = model.tokenizer.convert_ids_to_tokens(ids)
+        texts.append(" ".join(toks[:-1] + [f"[{toks[-1]}]"]) + f" ({value:.2f})")
+    return texts
+
+
 def score_circuit_edges(model: Model, splice: Splice, scores: NodeScores, nodes: dict[Node, float],
-                        config: AttributionConfig, metric: Metric, *, progress: bool = False
+                        config: AttributionConfig, metric: Metric, *, progress: bool = False, reduce: bool = False
                         ) -> dict[tuple[Node, Node], float]:
     """Edge weights among ``nodes``, averaged over the examples (batches whose attribution was not kept
-    are attributed again)."""
+    are attributed again); ``reduce``: ``scores.results`` are this rank's pairs, whose sums are added up over
+    the ranks (``nodes`` must be the same on every rank: selected from reduced scores)."""
     weights: dict[tuple[Node, Node], float] = {}
     for batch, res in tqdm(scores.results, desc="edges", disable=not progress):
         if res is None:
             res = attribute_splice(model, splice, batch, config, metric)
         for key, w in score_edges(model, splice, batch.to(model.device), res, list(nodes)).weights.items():
             weights[key] = weights.get(key, 0.0) + w
+    if reduce:
+        weights = distributed.reduce_sums(weights)
     return {k: w / scores.n_examples for k, w in weights.items()}
 
 
@@ -321,15 +331,21 @@ def build_graph(model: Model, splice: Splice, scores: NodeScores, nodes: dict[No
     return graph
 
 
-def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, config, metric) -> dict:
-    """Top contexts of the feature nodes, from the kept results (or the first batch, attributed again)."""
+def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, config, metric, *, reduce: bool = False,
+                    k: int = 3) -> dict:
+    """Top contexts of the feature nodes, from the kept results (or the first batch, attributed again);
+    ``reduce``: each rank's candidates merged, in rank (so pair) order."""
     if model.tokenizer is None or not scores.results:
         return {}
     kept = [r for r in scores.results if r[1] is not None]
-    if not kept:
+    if not kept and (not reduce or distributed.is_main()):
         batch = scores.results[0][0]
         kept = [(batch, attribute_splice(model, splice, batch, config, metric))]
-    return _top_contexts(model, kept, [n for n in nodes if n[2] is not None])
+    found = _context_candidates(kept, [n for n in nodes if n[2] is not None], k)
+    if reduce:
+        every = distributed.gather(found)
+        found = {node: sorted((c for part in every for c in part[node]), key=lambda x: -x[0])[:k] for node in found}
+    return {node: _context_texts(model, f) for node, f in found.items()}
 
 
 def task_record(task) -> dict | None:
@@ -356,6 +372,24 @@ def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, sc
         "metric_source": scores.metric_source,  # base = clean when noising, patch when denoising
         "found_on": found_on,  # the split and pair ids that found it (None: batches given directly)
     }
+
+
+def _find(model: Model, splice: Splice, batches: list[Batch], cfg: AttributionConfig, metric: Metric, *,
+          ranks: bool, selection: tuple, edges: bool, aggregation: str, memory_budget: int, checkpoint, progress: bool):
+    """Node scores, the selected nodes, edge weights among them and hover contexts (``ranks``: ``batches`` are
+    this rank's share, every sum reduced over the ranks)."""
+    threshold, top_k = selection
+    scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
+                         progress=progress, checkpoint=checkpoint, reduce=ranks)
+    nodes = select_nodes(scores, splice, threshold=threshold, top_k=top_k)  # reduced scores: the same on every rank
+    weights = score_circuit_edges(model, splice, scores, nodes, cfg, metric, progress=progress, reduce=ranks) \
+        if edges and nodes else {}
+    return scores, nodes, weights, _hover_contexts(model, splice, scores, nodes, cfg, metric, reduce=ranks)
+
+
+def rank_metadata(batches: Sequence[Batch]) -> dict:
+    """What a run over several ranks records: their number and each one's share of the pairs."""
+    return {"world_size": distributed.world_size(), "ranks": distributed.shares(sum(len(b) for b in batches))}
 
 
 def discover(
@@ -386,7 +420,8 @@ def discover(
     ``aggregation``: ``none`` keeps one node per position, ``sum`` sums node scores over positions, ``auto``
     (default) keeps positions where every prompt has one token length.
     Per-batch attributions are kept for edges up to ``memory_budget`` bytes.
-    ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores.
+    ``checkpoint``: a :class:`featurecircuits.checkpoint.RunDir` keeping each batch's node scores. Under torchrun
+    each rank scores its share of the pairs (:mod:`featurecircuits.distributed`; metadata ``world_size``, ``ranks``).
 
     A task (or JSONL path) contributes its first ``n_examples`` pairs of ``split`` (:mod:`featurecircuits.splits`:
     the discovery pairs by default, so that the evaluation pairs stay held out); the circuit records which
@@ -401,17 +436,18 @@ def discover(
     found_on = record(task, n_examples, used_split) if used_split else None
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     lengths, aggregation = _check_lengths(batches, aggregation)
+    ranks = distributed.setup(model.device)  # under torchrun: this rank's share of the pairs, sums reduced
     splice = Splice(model, dictionaries, submodules, sparse=True)
-    scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
-                         progress=progress, checkpoint=checkpoint)
-    nodes = select_nodes(scores, splice, threshold=node_threshold, top_k=top_k)
-    weights = score_circuit_edges(model, splice, scores, nodes, cfg, metric, progress=progress) \
-        if edges and nodes else {}
-    contexts = _hover_contexts(model, splice, scores, nodes, cfg, metric)
+    scores, nodes, weights, contexts = _find(model, splice, distributed.shard(batches), cfg, metric, ranks=ranks,
+                                             selection=(node_threshold, top_k), edges=edges, aggregation=aggregation,
+                                             memory_budget=memory_budget, checkpoint=checkpoint,
+                                             progress=progress and distributed.is_main())
     graph = build_graph(model, splice, scores, nodes, weights, edge_threshold, contexts)
     meta = circuit_metadata(model, splice, cfg, scores, task=task, aggregation=aggregation,
                             node_threshold=node_threshold, edge_threshold=edge_threshold, top_k=top_k,
                             lengths=lengths, metric=metric, found_on=found_on)
+    if ranks:
+        meta.update(rank_metadata(batches))
     meta["positions"] = _positions(model, task, n_examples) if aggregation == "none" else None
     meta["example"] = {f: task.examples[0][f] for f in FIELDS} if isinstance(task, Task) and len(task) else None
     return Circuit(graph, meta)

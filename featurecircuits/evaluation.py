@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .circuit import Circuit
+from . import distributed
+from .circuit import Circuit, rank_metadata
 from .config import AblationConfig, AttributionConfig
 from .data import Batch, Metric, logit_diff, logits_kept
+from .errors import UsageError
 from .models import Model
 from .scoring import check_threshold, score_nodes
 from .splice import Splice, run
@@ -42,6 +45,8 @@ class Faithfulness:
     split: str | None = None  # the task's pairs it was measured on (None: batches given directly)
     n_examples: int = 0
     in_sample: float = 0.0  # the fraction of those pairs that found the circuit (0: held out)
+    world_size: int = 1  # ranks of a torchrun launch that shared the pairs
+    ranks: list[int] | None = None  # pairs per rank (None: one process)
 
 
 def masks_from_nodes(splice: Splice, nodes, n_tokens: int) -> Masks:
@@ -106,12 +111,13 @@ def ablation_values(model: Model, splice: Splice, batch: Batch, cfg: AblationCon
     return ablation_sources(model, splice, [batch], cfg)[0][1]
 
 
-def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg: AblationConfig
-                     ) -> list[tuple[Batch, dict]]:
+def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg: AblationConfig, *,
+                     reduce: bool = False) -> list[tuple[Batch, dict]]:
     """Each batch (on the model's device) with its ablation values. Means are taken per position over
     *all* the batches' patch prompts of that token length, not batch by batch, so results do not depend
     on ``batch_size``; resampling draws from the batch's own patch prompts. Only what the ablation needs
-    is kept: running sums for the mean, one zero row, the permuted activations for resampling."""
+    is kept: running sums for the mean, one zero row, the permuted activations for resampling. ``reduce``:
+    ``batches`` are this rank's share of the pairs, and the means are taken over every rank's."""
     batches = [b.to(model.device) for b in batches]
     g = torch.Generator().manual_seed(cfg.seed)
     sums: dict[int, dict] = {}
@@ -133,10 +139,32 @@ def ablation_sources(model: Model, splice: Splice, batches: Sequence[Batch], cfg
             perm = torch.randperm(len(batch), generator=g)
             values.append({sub: {k: v[perm] for k, v in p.items()} for sub, p in store.items()})
     if cfg.ablation == "mean":
+        if reduce:
+            sums, counts = _sums_across_ranks(sums, counts)
         means = {n: {sub: {k: v / counts[n] for k, v in p.items()} for sub, p in acc.items()}
                  for n, acc in sums.items()}
         return [(b, means[b.n_tokens]) for b in batches]
     return list(zip(batches, values, strict=True))
+
+
+def _sums_across_ranks(sums: dict, counts: dict) -> tuple[dict, dict]:
+    """Per token length, the patch activations' sums and pair counts added up over the ranks (a length some
+    rank has no pair of counts as zero there)."""
+    flat = {(n, sub, k): v for n, acc in sums.items() for sub, p in acc.items() for k, v in p.items()}
+    got = distributed.reduce_sums({**flat, **{("count", n): c for n, c in counts.items()}})
+    out: dict = {}
+    for key, v in got.items():
+        if key[0] != "count":
+            out.setdefault(key[0], {}).setdefault(key[1], {})[key[2]] = v
+    return out, {key[1]: v for key, v in got.items() if key[0] == "count"}
+
+
+def check_ranks(cfg: AblationConfig) -> None:
+    """Resampling draws from each batch's own patch prompts, which a split over ranks changes."""
+    if distributed.world_size() > 1 and cfg.ablation == "resample":
+        raise UsageError(f"resample ablation is not split over ranks (it draws from each batch's own pairs, which "
+                         f"the split changes); run it in one process, or use mean or zero ablation "
+                         f"(this launch has {distributed.world_size()} ranks)")
 
 
 def inverted(masks: Masks) -> Masks:
@@ -153,9 +181,9 @@ def _ratio(m_c: float, m_empty: float, m_full: float) -> float:
 
 
 def _mean_metric(model: Model, splice: Splice, sources: Sequence[tuple[Batch, dict]], cfg: AblationConfig,
-                 metric: Metric, node_masks=None) -> float:
-    """The metric averaged over every example of ``sources`` with the nodes outside ``node_masks(n_tokens)``
-    ablated, or of the model itself when ``node_masks`` is None."""
+                 metric: Metric, node_masks=None, *, reduce: bool = False) -> float:
+    """The metric averaged over every example of ``sources`` (``reduce``: of every rank's) with the nodes
+    outside ``node_masks(n_tokens)`` ablated, or of the model itself when ``node_masks`` is None."""
     total, n = 0.0, 0
     for batch, source in sources:
         if node_masks is None:
@@ -165,17 +193,21 @@ def _mean_metric(model: Model, splice: Splice, sources: Sequence[tuple[Batch, di
             values = ablated_metric(model, splice, batch, node_masks(batch.n_tokens), cfg, metric, source=source)
         total += float(values.sum())
         n += len(batch)
+    if reduce:
+        got = distributed.reduce_sums({"total": total, "n": n})
+        total, n = got["total"], got["n"]
     return total / n
 
 
 def evaluate_masks(model: Model, splice: Splice, batches: Sequence[Batch], node_masks, cfg: AblationConfig,
-                   metric: Metric = logit_diff) -> dict[str, float]:
+                   metric: Metric = logit_diff, *, reduce: bool = False) -> dict[str, float]:
     """Mean metric over all examples for the circuit, its complement, the empty circuit and the model.
 
-    ``node_masks(n_tokens)`` returns the circuit's masks for prompts of that length.
+    ``node_masks(n_tokens)`` returns the circuit's masks for prompts of that length; ``reduce``: ``batches``
+    are this rank's share of the pairs, the means are over every rank's.
     """
-    sources = ablation_sources(model, splice, batches, cfg)
-    return {name: _mean_metric(model, splice, sources, cfg, metric, fn) for name, fn in (
+    sources = ablation_sources(model, splice, batches, cfg, reduce=reduce)
+    return {name: _mean_metric(model, splice, sources, cfg, metric, fn, reduce=reduce) for name, fn in (
         ("circuit", node_masks), ("complement", lambda n: inverted(node_masks(n))),
         ("empty", lambda n: filled(node_masks(n), False)), ("full", None))}
 
@@ -185,8 +217,11 @@ def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
              batch_size: int = 32, split: str = "evaluation") -> Faithfulness:
     """Faithfulness and completeness of ``circuit`` on the first ``n_examples`` pairs of ``task``'s ``split``
     (:mod:`featurecircuits.splits`; by default the evaluation pairs, disjoint from the discovery pairs that
-    find circuits). A warning says "in-sample" when they include pairs that found the circuit."""
+    find circuits). A warning says "in-sample" when they include pairs that found the circuit. Under torchrun
+    each rank measures its share of the pairs (:mod:`featurecircuits.distributed`)."""
     circuit.check_model(model)
+    ranks = distributed.setup(model.device)
+    check_ranks(config)
     splice = Splice(model, dictionaries, circuit.metadata.get("submodules"))
     circuit.check_dictionaries(splice.dictionaries)
     task, used_split = task_split(task, model.tokenizer, split)
@@ -195,10 +230,12 @@ def evaluate(model: Model, dictionaries: dict | None, circuit: Circuit, task, *,
     batches = as_batches(task, model.tokenizer, n_examples=n_examples, batch_size=batch_size)
     nodes = circuit.node_tuples()
     counted = sum(_counted(model, sub, part, config) for sub, part, _, _ in nodes)
-    m = evaluate_masks(model, splice, batches, lambda t: masks_from_nodes(splice, nodes, t), config, metric)
+    m = evaluate_masks(model, splice, distributed.shard(batches), lambda t: masks_from_nodes(splice, nodes, t), config,
+                       metric, reduce=ranks)
     return Faithfulness(_ratio(m["circuit"], m["empty"], m["full"]), _ratio(m["complement"], m["empty"], m["full"]),
                         m["circuit"], m["complement"], m["empty"], m["full"], counted, circuit.n_edges,
-                        asdict(config), used_split, sum(len(b) for b in batches), in_sample)
+                        asdict(config), used_split, sum(len(b) for b in batches), in_sample,
+                        **(rank_metadata(batches) if ranks else {}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,32 +341,32 @@ def faithfulness_curve(
     circuits evaluated on the first ``n_examples`` pairs of ``split`` (default the held-out evaluation
     pairs; ``all``: the same pairs, warned about as in-sample). Batches given directly serve both.
     ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) keeps each method's points and each batch's
-    node scores, so an interrupted run resumes where it stopped, with the same result."""
+    node scores, so an interrupted run resumes where it stopped, with the same result. Under torchrun ranks
+    share the pairs (:mod:`featurecircuits.distributed`; each rank draws its own random circuits)."""
     thresholds = list(np.logspace(-4, 0, 15)) if thresholds is None else thresholds
     splice = _curve_splice(model, dictionaries, submodules, config, thresholds)
     base_cfg = (attribution or AttributionConfig()).with_(**options).resolve(model.family.name)
     configs = [base_cfg.with_(method=m) for m in methods]
     score_batches, batches, used_split = _curve_pairs(task, model.tokenizer, split, n_examples, batch_size)
     selection = _Selection(splice, _positional(aggregation, score_batches + batches))
-    gen = torch.Generator().manual_seed(config.seed)
-    sources = ablation_sources(model, splice, batches, config)
-
-    def mean_metric(mask_fn):
-        return _mean_metric(model, splice, sources, config, metric, mask_fn)
+    gen, ranks = torch.Generator().manual_seed(config.seed), distributed.active()  # joined by _curve_splice
+    sources = ablation_sources(model, splice, distributed.shard(batches), config, reduce=ranks)
+    mean_metric = partial(_mean_metric, model, splice, sources, config, metric, reduce=ranks)
     m_full = mean_metric(None)
-    m_empty = None
-    points = []
+    m_empty, points = None, []
     for cfg in configs:
-        new, m_empty = _method_points(model, selection, score_batches, cfg, config, metric, thresholds,
-                                      relative=relative, mean_metric=mean_metric, bounds=(m_empty, m_full),
-                                      gen=gen if random_baseline else None, progress=progress, checkpoint=checkpoint)
+        new, m_empty = _method_points(model, selection, distributed.shard(score_batches), cfg, config, metric,
+                                      thresholds, relative=relative, mean_metric=mean_metric, bounds=(m_empty, m_full),
+                                      gen=gen if random_baseline else None, checkpoint=checkpoint, reduce=ranks,
+                                      progress=progress and distributed.is_main())
         points += new
     return Curve(points, {"ablation": asdict(config), "thresholds": [float(t) for t in thresholds],
                           "relative": relative, "n_examples": sum(len(b) for b in batches), "split": used_split,
                           "n_discovery": sum(len(b) for b in score_batches), "m_full": m_full, "m_empty": m_empty,
                           "attribution": {c.method: c.to_dict() for c in configs},
                           "submodules": [s.name for s in splice.submodules], "task": getattr(task, "name", None),
-                          "aggregation": "none" if selection.positional else "sum"})
+                          "aggregation": "none" if selection.positional else "sum",
+                          **(_curve_ranks(score_batches, batches) if ranks else {})})
 
 
 @dataclass
@@ -374,25 +411,33 @@ def _curve_splice(model, dictionaries, submodules, config: AblationConfig, thres
     for t in thresholds:
         check_threshold("threshold", t)
     splice = Splice(model, dictionaries, submodules, sparse=True)
+    distributed.setup(model.device)
+    check_ranks(config)
     if not any(_ablatable(sub, config) for sub in splice.submodules):
         raise ValueError(f"no submodule is ablated with start_layer={config.start_layer} and "
                          f"include_embed={config.include_embed}; nothing to select")
     return splice
 
 
+def _curve_ranks(score_batches: Sequence[Batch], batches: Sequence[Batch]) -> dict:
+    """A curve's record of its ranks: pairs per rank, of the evaluation pairs and of the discovery pairs."""
+    return {**rank_metadata(batches), "discovery_ranks": rank_metadata(score_batches)["ranks"]}
+
+
 def _method_points(model, selection, batches, cfg, config, metric, thresholds, *, relative, mean_metric, bounds, gen,
-                   progress, checkpoint) -> tuple[list[CurvePoint], float]:
+                   progress, checkpoint, reduce=False) -> tuple[list[CurvePoint], float]:
     """One method's points along the sweep (read back from ``checkpoint`` when an earlier run finished
-    them), and m(∅) (computed with the first method's node set when not known yet)."""
+    them: on every rank, else all compute them again), and m(∅) (computed with the first method's node set
+    when not known yet)."""
     m_empty, m_full = bounds
     unit = f"curve-{cfg.method}"
-    if checkpoint is not None and unit in checkpoint:  # this method's points, from an interrupted run
+    if all(distributed.gather(checkpoint is not None and unit in checkpoint)):  # from an interrupted run
         saved = checkpoint.load(unit)
         if gen is not None:
             gen.set_state(saved["generator"])
         return [CurvePoint(**p) for p in saved["points"]], saved["m_empty"]
     means = score_nodes(model, selection.splice, batches, cfg, metric, memory_budget=0, progress=progress,
-                        checkpoint=checkpoint, unit=f"nodes-{cfg.method}",
+                        checkpoint=checkpoint, unit=f"nodes-{cfg.method}", reduce=reduce,
                         aggregation="none" if selection.positional else "sum").means
     scores = {k: v for k, v in means.items() if _counted(model, *k, config)}
     if m_empty is None:

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
-from . import sparse
+from . import distributed, sparse
 from .attribution import Attribution, attribute_splice
 from .config import AttributionConfig
 from .data import Batch, Metric
@@ -76,14 +76,18 @@ class NodeScores:
 
 def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: AttributionConfig, metric: Metric,
                 *, aggregation: str = "sum", memory_budget: int = RESULT_MEMORY_BUDGET,
-                progress: bool = False, checkpoint=None, unit: str = "nodes") -> NodeScores:
+                progress: bool = False, checkpoint=None, unit: str = "nodes", reduce: bool = False) -> NodeScores:
     """Attribute every batch and average node scores over all examples. Each batch's full result is kept
     for edge scoring while all of them fit in ``memory_budget`` bytes, else dropped (recomputed later).
 
     With ``checkpoint`` (a :class:`featurecircuits.checkpoint.RunDir`) each batch's totals are saved as unit
     ``<unit>-<i>`` and read back instead of recomputed; a batch read back whose result would be kept is
     attributed again, so an interrupted and resumed run gives exactly what an uninterrupted one gives (the
-    saving is in runs whose results are not kept: large ones, and curves)."""
+    saving is in runs whose results are not kept: large ones, and curves).
+
+    ``reduce``: ``batches`` are this rank's share of a torchrun launch's pairs (:mod:`featurecircuits.distributed`);
+    the sums are added up over the ranks before the means, so every rank gets the means over all pairs (its
+    ``results`` stay its own)."""
     sums: dict[PartKey, torch.Tensor] = {}
     act_sums: dict[str, torch.Tensor] = {}
     results: list[tuple[Batch, Attribution | None]] = []
@@ -116,8 +120,19 @@ def score_nodes(model: Model, splice: Splice, batches: Sequence[Batch], config: 
         m_src += ms
         results.append((batch, res if keep else None))
     total = sum(len(b) for b in batches)
+    if reduce:
+        sums, act_sums, m_base, m_src, total = _across_ranks(sums, act_sums, m_base, m_src, total)
     return NodeScores({k: v / total for k, v in sums.items()}, {k: v / total for k, v in act_sums.items()},
                       m_base / total, m_src / total, total, results)
+
+
+def _across_ranks(sums: dict, act_sums: dict, m_base: float, m_src: float, total: int):
+    """The node, activation and metric sums and the pair count, added up over the ranks (one exchange)."""
+    packed = {**{("node", *k): v for k, v in sums.items()}, **{("act", k): v for k, v in act_sums.items()},
+              ("metric", "base"): m_base, ("metric", "source"): m_src, ("count",): total}
+    got = distributed.reduce_sums(packed)
+    return ({k[1:]: v for k, v in got.items() if k[0] == "node"}, {k[1]: v for k, v in got.items() if k[0] == "act"},
+            got[("metric", "base")], got[("metric", "source")], got[("count",)])
 
 
 def _unpack(saved: dict):

@@ -72,12 +72,16 @@ class Request:
 def run(req: Request) -> int:
     import json
 
-    from ..evaluation import faithfulness_curve
+    from .. import distributed
+    from ..evaluation import check_ranks, faithfulness_curve
     from ..fileio import atomic_write_many
     from ..plots import curve_figure
     from ..report import auc_cell, no_auc, table
     from ..schemas import nulls_for_nonfinite
 
+    distributed.init(req.model.device)  # under torchrun: join the ranks (each on its GPU) before the model loads
+    distributed.quiet_others()
+    check_ranks(req.ablation.config())  # before the model loads
     check_curve_thresholds(req.thresholds, absolute=req.absolute)
     reads = input_paths(task=req.task.task, model=req.model.model, dictionaries=req.model.dictionaries_spec)
     check_outputs(reads, {"--out": req.out, "--html": req.html},
@@ -93,6 +97,8 @@ def run(req: Request) -> int:
                                n_examples=n, batch_size=req.task.batch_size, split=req.task.split, progress=True,
                                checkpoint=checkpoint,
                                submodules=inputs.kind_submodules(req.kinds, model, dicts))
+    if not runs.hand_over(checkpoint):  # under torchrun, rank 0 alone reports and writes
+        return 0
     rows = [{"method": m, "AUC faithfulness": auc_cell(curve, m, "faithfulness"),
              "AUC completeness": auc_cell(curve, m, "completeness")} for m in curve.methods()]
     print(table(rows, list(rows[0])))
@@ -103,5 +109,5 @@ def run(req: Request) -> int:
     if req.html:
         files[req.html] = inputs.page(curve_figure(curve))
     atomic_write_many(files)
-    checkpoint.remove()
+    runs.finish(checkpoint)
     return 0

@@ -81,9 +81,12 @@ class Request:
 
 
 def run(req: Request) -> int:
+    from .. import distributed
     from ..circuit import discover
     from ..fileio import atomic_write_many
 
+    distributed.init(req.model.device)  # under torchrun: join the ranks (each on its GPU) before the model loads
+    distributed.quiet_others()
     reads = input_paths(task=req.task.task, model=req.model.model, dictionaries=req.model.dictionaries_spec)
     check_outputs(reads, {"--out": req.out, "--html": req.html},
                   {"--run-dir": (str(runs.run_folder(req.run, req.out, NAME)), [])})
@@ -99,9 +102,11 @@ def run(req: Request) -> int:
                        n_examples=n, batch_size=req.task.batch_size, split=req.task.split, progress=True,
                        checkpoint=checkpoint,
                        submodules=inputs.kind_submodules(req.kinds, model, dicts))
+    if not runs.hand_over(checkpoint):  # under torchrun, rank 0 alone writes
+        return 0
     files = _outputs(req, circuit, model, dicts, task, n, labels)
     atomic_write_many(files)  # both new, or (interrupted) both as they were
-    checkpoint.remove()
+    runs.finish(checkpoint)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges in {time.perf_counter() - start:.1f} s → {req.out}")
     if req.html:
         print(f"graph → {req.html}")

@@ -48,13 +48,17 @@ def run(req: Request) -> int:
     import json
     from dataclasses import asdict
 
+    from .. import distributed
     from ..circuit import Circuit
     from ..errors import UsageError
-    from ..evaluation import evaluate
+    from ..evaluation import check_ranks, evaluate
     from ..export.provenance import check_spec_present, dictionaries_spec
     from ..fileio import atomic_write_text
     from ..report import table
 
+    distributed.init(req.model.device)  # under torchrun: join the ranks (each on its GPU) before the model loads
+    distributed.quiet_others()
+    check_ranks(req.ablation.config())  # before the model loads
     reads = input_paths(task=req.task.task, circuit=req.circuit, model=req.model.model,
                         dictionaries=req.model.dictionaries_spec)
     check_outputs(reads, {"--out": req.out})
@@ -73,6 +77,8 @@ def run(req: Request) -> int:
     inputs.check_dictionaries(model, dicts, task, n)
     result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n,
                       batch_size=req.task.batch_size, split=req.task.split)
+    if not distributed.is_main():  # under torchrun, rank 0 alone reports and writes
+        return 0
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",
            "completeness": f"{result.completeness:.3f}", "m(C)": f"{result.m_circuit:.3f}",
            "m(empty)": f"{result.m_empty:.3f}", "m(M)": f"{result.m_full:.3f}",

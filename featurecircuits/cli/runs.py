@@ -6,6 +6,9 @@ that affects the result, hashes of the task's examples and of the dictionaries: 
 checkpoint's hash (:class:`featurecircuits.checkpoint.RunDir`). Nothing in it is discarded unless asked:
 an interrupted run there is continued with ``--resume`` or discarded with ``--restart``, and without either
 the command stops before any work, saying so.
+
+Under torchrun each rank keeps its own units in ``rank-<r>/`` of the run folder, a run folder of its own
+(locked, with its manifest); rank 0 writes the outputs and then removes them all.
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ def run_folder(run: RunOptions, out: str, command: str | None = None) -> Path:
     from ..checkpoint import check_resumable, describe_run, foreign_entries, is_run_folder
     from ..locking import FolderInUse, holder
 
-    folder = Path(run.run_dir) if run.run_dir else Path(f"{Path(out)}.run")  # "cmp/" → "cmp.run"
+    base = Path(run.run_dir) if run.run_dir else Path(f"{Path(out)}.run")  # "cmp/" → "cmp.run"
+    rank, world = _ranks()
+    _check_layout(base, run, world)
+    folder = base / f"rank-{rank}" if world > 1 else base
     owner = holder(folder)
     if owner is not None:
         raise FolderInUse(folder, owner)
@@ -66,6 +72,32 @@ def run_folder(run: RunOptions, out: str, command: str | None = None) -> Path:
     return folder
 
 
+def _ranks() -> tuple[int, int]:
+    from .. import distributed
+
+    return distributed.rank(), distributed.world_size()
+
+
+def _check_layout(base: Path, run: RunOptions, world: int) -> None:
+    """A run folder holds either one process's run or the rank folders of a torchrun launch's: one is never
+    continued, nor silently discarded, as the other."""
+    from ..checkpoint import describe_run, is_run_folder, rank_folders
+    from ..locking import FolderInUse, holder
+
+    ranks = rank_folders(base)
+    for folder in [base] if world > 1 else ranks:  # what this run would discard or continue, held by another
+        if (owner := holder(folder)) is not None:
+            raise FolderInUse(folder, owner)
+    if run.restart:
+        return
+    if world > 1 and is_run_folder(base):
+        raise UsageError(f"{base} holds an interrupted one-process run, {describe_run(base)}: continue it without "
+                         "torchrun (--resume), or pass --restart to discard it")
+    if world == 1 and ranks:
+        raise UsageError(f"{base} holds an interrupted run over {len(ranks)} ranks: continue it with torchrun "
+                         f"--nproc-per-node {len(ranks)} and --resume, or pass --restart to discard it")
+
+
 def run_key(command: str, request, task=None, dictionaries=None, **extra) -> dict:
     """What a run is, for its run folder: the command, every option that affects the result (outputs left
     out), the task's examples and the dictionaries' hashes; a resumed run must match it."""
@@ -75,6 +107,9 @@ def run_key(command: str, request, task=None, dictionaries=None, **extra) -> dic
     for name, value in asdict(request).items():  # option groups flattened: keys are the options' own names
         if name not in OUTPUT_FIELDS:
             options.update(value if is_dataclass(getattr(request, name)) else {name: value})
+    world = _ranks()[1]
+    if world > 1:  # each rank's units hold its share of the pairs, which the number of ranks decides
+        extra = {**extra, "world_size": world}
     return {"command": command, **options, **extra,
             "examples": fingerprint(task.examples) if task is not None else None,
             "dictionary_hashes": {k: d.source.hash for k, d in (dictionaries or {}).items()}}
@@ -83,16 +118,44 @@ def run_key(command: str, request, task=None, dictionaries=None, **extra) -> dic
 def open_run(run: RunOptions, out: str, key: dict):
     """The run folder of a long run (beside ``out``, or --run-dir), made, restarted or resumed, and held by
     this run until it ends."""
-    from ..checkpoint import RunDir, describe_run, is_run_folder
+    from ..checkpoint import RunDir, clear_for_ranks, describe_run, is_run_folder
 
     folder = run_folder(run, out)
-    if run.restart and is_run_folder(folder):
+    rank, world = _ranks()
+    if world > 1:
+        folder.parent.mkdir(exist_ok=True)
+        if run.restart and rank == 0:
+            clear_for_ranks(folder.parent, world)
+    if run.restart and is_run_folder(folder) and rank == 0:
         print(f"note: --restart: discarding {describe_run(folder)} in {folder}", file=sys.stderr)
     opened = RunDir(folder, key, resume=run.resume, takeover=False)
     opened.on_save = raise_if_signalled
     OPEN.append(opened)
-    ACTIVE.append(folder)
+    ACTIVE.append(folder.parent if world > 1 else folder)
     return opened
+
+
+def hand_over(checkpoint) -> bool:
+    """Whether this process writes the outputs: under torchrun rank 0, once every other rank has closed its run
+    folder (its units kept until the outputs are written) and is done."""
+    from .. import distributed
+
+    if not distributed.active():
+        return True
+    if not distributed.is_main():
+        checkpoint.close()
+    distributed.barrier()
+    return distributed.is_main()
+
+
+def finish(checkpoint) -> None:
+    """The outputs are written: the run folder goes (under torchrun, every rank's and the folder holding them)."""
+    from .. import distributed
+    from ..checkpoint import remove_rank_folders
+
+    checkpoint.remove()
+    if distributed.active():
+        remove_rank_folders(checkpoint.path.parent)
 
 
 def close_all() -> None:
