@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..registry import PLOT_MAX_EDGES as MAX_EDGES
 from ..registry import PLOT_MAX_NODES as MAX_NODES
@@ -25,6 +26,9 @@ def add_arguments(p) -> None:
                         "a larger one is refused before drawing, as its page takes minutes to build and open")
     p.add_argument("--max-edges", type=positive_int, default=MAX_EDGES,
                    help=f"likewise for edges (default {MAX_EDGES:,})")
+    p.add_argument("--groups", metavar="FILE",
+                   help='draw named node groups collapsed into one node each (JSON: {"name": ["resid_3/f12", ...]}; '
+                        "a member without @position stands for every position)")
     add_features(p)
 
 
@@ -38,6 +42,7 @@ class Request:
     top_k: int | None
     max_nodes: int
     max_edges: int
+    groups: str | None
     features: FeatureOptions
 
     @classmethod
@@ -63,18 +68,26 @@ def _dossiers(circuit, options: FeatureOptions):
 def run(req: Request) -> int:
     from ..circuit import Circuit
     from ..fileio import atomic_write_text
+    from ..groups import check_groups, read_groups
     from ..plots import check_size, circuit_sections, page_html
 
-    check_outputs(input_paths(circuit=req.circuit), {"--out": req.out})
+    reads = input_paths(circuit=req.circuit)
+    if req.groups and Path(req.groups).exists():
+        reads["groups file (--groups)"] = Path(req.groups)
+    check_outputs(reads, {"--out": req.out})
     labels = req.features.read_labels()
+    groups = read_groups(req.groups) if req.groups else None
     circuit = Circuit.from_json(req.circuit)
     if req.node_threshold is not None or req.edge_threshold is not None or req.top_k is not None:
         circuit = circuit.prune(node_threshold=req.node_threshold, edge_threshold=req.edge_threshold,
                                 top_k=req.top_k)
     limits = {"max_nodes": req.max_nodes, "max_edges": req.max_edges}
     check_size(circuit, req.circuit, **limits)  # before its model and dossiers load
+    if groups:
+        check_groups(circuit, groups, where=f"--groups {req.groups}")
     title = req.title or f"{circuit.metadata.get('method', '')} circuit · {circuit.metadata.get('model', '')}"
-    sections = circuit_sections({title: circuit}, dossiers=_dossiers(circuit, req.features), labels=labels, **limits)
+    sections = circuit_sections({title: circuit}, dossiers=_dossiers(circuit, req.features), labels=labels,
+                                groups=groups, **limits)
     atomic_write_text(req.out, page_html(sections, title=title))
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges → {req.out}")
     return 0

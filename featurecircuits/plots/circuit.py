@@ -50,11 +50,17 @@ def _short(circuit: Circuit, node: str) -> str:
     """A node's name and label, plain text: ``resid_3/f12@5 ‹pilot›``."""
     if node == METRIC_NODE:
         return context.metric_name(circuit)
+    members = circuit.graph.nodes[node].get("members")
+    if members:
+        return f"group {circuit.label(node)} ({len(members)} node{'s' * (len(members) > 1)})"
     label = circuit.label(node) if circuit.ref(node).kind == "feature" else None
     return node + (f" ‹{label}›" if label else "")
 
 
 def _label(circuit: Circuit, node: str) -> str:
+    members = circuit.graph.nodes[node].get("members") if node != METRIC_NODE else None
+    if members:  # a collapsed group (featurecircuits.groups)
+        return f"<b>{esc(circuit.label(node))}</b><br>{len(members)} node{'s' * (len(members) > 1)}"
     kind = _kind(circuit, node)
     if kind == "error":
         return "ε"
@@ -73,7 +79,10 @@ def _hover(circuit: Circuit, node: str) -> str:
         lines = [f"<b>{esc(_short(circuit, node))}</b>",
                  f"{_kind(circuit, node)} · toward the clean answer {circuit.effect(node):+.4f} "
                  f"(score {a.get('score', 0.0):+.4f}, {circuit.metadata.get('direction', 'noising')})"]
-        if a.get("label_source"):
+        if a.get("members"):
+            shown = a["members"][:12]
+            lines.append("members: " + ", ".join(esc(m) for m in shown) + (" …" if len(a["members"]) > 12 else ""))
+        elif a.get("label_source"):
             lines.append(f"label from {esc(a['label_source'])}")
         if a.get("mean_activation") is not None:
             lines.append(f"mean activation {a['mean_activation']:.3f}")
@@ -130,7 +139,8 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None, score_scale: f
         "labels": [_short(circuit, x) for x in names], "x": [where.pos[x][0] for x in names],
         "y": [where.pos[x][1] for x in names], "edges": [list(e) for e in signed], "weight_scale": weight_scale,
         "buckets": [b[0] if math.isfinite(b[0]) else 1e300 for b in _EDGE_BUCKETS], "shown": shown,
-        "cards": {i: cards[key] for i, x in enumerate(names) if x != METRIC_NODE
+        "cards": {i: cards[key] for i, x in enumerate(names) if x != METRIC_NODE  # a group has no one card
+                  and not circuit.graph.nodes[x].get("members")
                   and (key := circuit.ref(x).summed().id) in (cards or {})}}})
     return fig
 
@@ -248,16 +258,20 @@ def check_size(circuit: Circuit, name: str, *, max_nodes: int = MAX_NODES, max_e
 
 
 def circuit_sections(circuits: dict[str, Circuit], *, evaluations: dict | None = None, shared_scale: bool = False,
-                     dossiers=None, labels=None, max_nodes: int = MAX_NODES, max_edges: int = MAX_EDGES,
-                     **figure_options) -> list[Section]:
+                     dossiers=None, labels=None, groups=None, max_nodes: int = MAX_NODES,
+                     max_edges: int = MAX_EDGES, **figure_options) -> list[Section]:
     """One tab per circuit: its notes and, for a positional circuit, the positions and the summed view.
     ``dossiers`` (:class:`featurecircuits.features.Dossiers`) and ``labels`` (node id → Label) label the
-    feature nodes (set on the circuits) and give each a card. A circuit beyond ``max_nodes`` or ``max_edges``
-    is refused (:class:`PlotTooLarge`) before anything is drawn."""
+    feature nodes (set on the circuits) and give each a card; ``groups`` (name → node ids,
+    :mod:`featurecircuits.groups`) are drawn collapsed in every view. A circuit beyond ``max_nodes`` or
+    ``max_edges`` is refused (:class:`PlotTooLarge`) before anything is drawn."""
     from ..features.circuits import annotate, compact_card
+    from ..groups import check_groups, grouped
 
     for name, c in circuits.items():
         check_size(c, name, max_nodes=max_nodes, max_edges=max_edges)
+        if groups:
+            check_groups(c, groups)
     scales = shared_scales(list(circuits.values())) if shared_scale else {}
     sections = []
     for name, c in circuits.items():
@@ -265,6 +279,7 @@ def circuit_sections(circuits: dict[str, Circuit], *, evaluations: dict | None =
             if dossiers is not None or labels else None
         views = [("positions", c)] if n_positions(c) is not None else []
         views.append(("summed over positions", c.summed()))
+        views = [(label, grouped(v, groups) if groups else v) for label, v in views]
         figures = [(label, circuit_figure(v, **scales, cards=cards, **figure_options)) for label, v in views]
         scale = scales or {"score_scale": max((abs(c.score(n)) for n in c.nodes), default=0.0)}
         notes = context.notes(c, (evaluations or {}).get(name))
@@ -276,15 +291,15 @@ def circuit_sections(circuits: dict[str, Circuit], *, evaluations: dict | None =
 
 def circuits_page(circuits: dict[str, Circuit], path: str | Path, *, curves: dict | None = None,
                   evaluations: dict | None = None, title: str = "featurecircuits", shared_scale: bool = False,
-                  dossiers=None, labels=None, **figure_options) -> Path:
+                  dossiers=None, labels=None, groups=None, **figure_options) -> Path:
     """Several circuits (and faithfulness curves) on one self-contained page, one tab each: positions and the
     summed view where positions are kept, the notes of :func:`featurecircuits.plots.context.notes`
     (``evaluations``: a Faithfulness per circuit name, shown with the pairs it was measured on), each tab on
     its own colour scale unless ``shared_scale``. ``curves``: name → Curve (or a figure); each circuit is
-    marked on the curve of its method. ``dossiers``/``labels``: feature labels and cards (see
-    :func:`circuit_sections`)."""
+    marked on the curve of its method. ``dossiers``/``labels``/``groups``: feature labels, cards and groups
+    drawn collapsed (see :func:`circuit_sections`)."""
     sections = circuit_sections(circuits, evaluations=evaluations, shared_scale=shared_scale, dossiers=dossiers,
-                                labels=labels, **figure_options)
+                                labels=labels, groups=groups, **figure_options)
     for name, curve in (curves or {}).items():
         marks = [(n, c.metadata.get("method"), len(c), (evaluations or {}).get(n)) for n, c in circuits.items()
                  if _same_task(c, curve)]
