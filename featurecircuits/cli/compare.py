@@ -15,6 +15,7 @@ from .options import (
     RunOptions,
     TaskOptions,
     add_attribution,
+    add_budget,
     add_model,
     add_resumable,
     add_task,
@@ -25,6 +26,7 @@ from .options import (
 
 NAME = "compare"
 HELP = "AP vs AtP vs RelP at every layer and position (RelP paper, Table 5), or at every feature"
+MAX_BATCH = 256  # sequences per forward for AP and IG (the API's default)
 POOLINGS = {"cell_means": "cell means", "pairs_x_cells": "pairs × cells"}
 
 
@@ -39,6 +41,7 @@ def add_arguments(p) -> None:
                         "(seeded by --sample-seed, recorded) from those active in some pair (default: all)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of --sample's draw")
     add_task(p, n_flag="--n", default_task="ioi", batch_size=25)
+    add_budget(p)
     p.add_argument("--methods", type=methods, default="atp,relp", help="methods compared with AP")
     add_attribution(p, method=False, sweep=True)
     p.add_argument("--normalized", action="store_true",
@@ -124,14 +127,14 @@ def _check_level(req: Request) -> None:
                          "--dictionaries (a spec, or 'neurons' for one node per dimension)")
 
 
-def _compare(req: Request, model, dicts, batches, groups, checkpoint):
+def _compare(req: Request, model, dicts, batches, groups, checkpoint, max_batch: int):
     from ..compare import compare
     from ..config import LRPConfig
     from ..fidelity import compare_features
 
     sweep = req.attribution.rules or [LRPConfig()]
     options = dict(methods=req.methods, normalized=req.normalized, attribution=req.attribution.config(rules=sweep[0]),
-                   rules=sweep, groups=groups, progress=True, checkpoint=checkpoint)
+                   rules=sweep, groups=groups, progress=True, checkpoint=checkpoint, max_batch=max_batch)
     if req.level == "feature":
         return compare_features(model, dicts, batches, sample=req.sample, seed=req.sample_seed, **options)
     return compare(model, batches, task_name=req.task.task, **options)
@@ -155,9 +158,12 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model, dictionaries=None if feature else NO_DICTIONARIES)
     task, n = inputs.task(req.task, model, loaded)
     sweep = req.attribution.rules or [LRPConfig()]
-    batches, groups = _batches(task, n, model.tokenizer, req.task.batch_size)
+    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, req.attribution.config())
+    batches, groups = _batches(task, n, model.tokenizer, batch_size)
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts, rules=[r.spec for r in sweep]))
-    comp = _compare(req, model, dicts, batches, groups, checkpoint)
+    # under a budget AP's patched forwards (no gradient) and IG's interpolations hold the sequences of a batch
+    max_batch = 2 * batch_size if req.model.memory_budget is not None else MAX_BATCH
+    comp = _compare(req, model, dicts, batches, groups, checkpoint, max_batch)
     comp.task = task.name
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,33 @@ def _generated(options: TaskOptions, model, split: str):
     return generated
 
 
+def batch_size(options: TaskOptions, model_options: ModelOptions, model, dicts, task, n: int, config=None) -> int:
+    """Pairs per forward/backward: --batch-size, or with --memory-budget the largest batch whose planned peak
+    fits (capped by --batch-size where that was given), reported on stderr (:mod:`featurecircuits.budget`).
+    ``dicts``: the sparse feature path is planned (features active per token probed on a few pairs); without,
+    the component-level one. ``config``: the attribution config (its method)."""
+    budget = model_options.memory_budget
+    if budget is None:
+        return options.batch_size
+    from ..budget import PROBE_PAIRS, choose_batch, probe_l0, task_tokens
+
+    n = min(n, len(task))
+    l0 = probe_l0(model, dicts, task.batches(model.tokenizer, PROBE_PAIRS, n=min(n, PROBE_PAIRS))[0]) if dicts else None
+    choice = choose_batch(model, dicts, budget, tokens=task_tokens(task, model.tokenizer, n), n_pairs=n,
+                          method=getattr(config, "method", "relp"), l0=l0,
+                          cap=options.batch_size if options.batch_size_given else None, option="--memory-budget")
+    print(choice.message("--memory-budget"), file=sys.stderr)
+    return choice.batch
+
+
+def kept_results(model_options: ModelOptions) -> int:
+    """Bytes of per-batch attributions discover may keep for its edges: none under --memory-budget (they are
+    recomputed, not counted in the plan), else the default."""
+    from ..scoring import RESULT_MEMORY_BUDGET
+
+    return 0 if model_options.memory_budget is not None else RESULT_MEMORY_BUDGET
+
+
 def check_dictionaries(model, dicts, task, n: int | None) -> None:
     """Warn, naming them, about dictionaries that explain less than half of their submodule's variance on the
     task's first prompts (one small forward; :mod:`featurecircuits.dictionaries.quality`)."""

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 
+from ..budget import parse_size
 from ..errors import UsageError
 from ..registry import DTYPES, METHODS, SPLITS, TASK_NAMES, default_dictionaries, parse_kinds, parse_methods
 
@@ -72,6 +73,7 @@ def _lrp(text: str):
 rules = _argument_type(_lrp, "rules")
 rule_sets = _argument_type(lambda text: [_lrp(part) for part in text.split(";")], "rule sets")
 methods = _argument_type(parse_methods, "methods")
+size = _argument_type(parse_size, "size")
 kinds = _argument_type(parse_kinds, "kinds")
 
 KINDS_HELP = ("candidate submodule kinds among embed, z (attention output projection's input, hook_z), attn, mlp, "
@@ -98,6 +100,7 @@ class ModelOptions:
     device: str | None = None
     device_map: str | None = None
     offload_folder: str | None = None
+    memory_budget: int | None = None  # bytes (--memory-budget; commands without the option: None)
 
     @property
     def dictionaries_spec(self) -> str:
@@ -141,6 +144,19 @@ def add_model(p, *, dictionaries: bool = True) -> None:
     add_placement(p)
 
 
+BUDGET_HELP = ("memory the run may add over the loaded model and dictionaries, e.g. 4GiB, 512MiB, 2G (K, M, G, T and "
+               "KiB … TiB: powers of 1024; KB … TB: of 1000): the largest batch whose planned peak fits is used and "
+               "reported on stderr; a budget too small for one pair is refused with the smallest that fits. On CPU "
+               "it bounds the process's peak resident memory over what it holds once the model and dictionaries "
+               "are loaded; on CUDA torch.cuda.max_memory_allocated over the memory allocated before the run. With "
+               "--batch-size too, the smaller of the two batches is used")
+
+
+def add_budget(p) -> None:
+    """--memory-budget, for the commands that choose their batch with :func:`inputs.batch_size`."""
+    p.add_argument("--memory-budget", type=size, default=None, metavar="SIZE", help=BUDGET_HELP)
+
+
 DEFAULT_N_EXAMPLES = 100
 
 
@@ -151,10 +167,19 @@ class TaskOptions:
     batch_size: int = 32
     seed: int = 0
     split: str = "all"  # discovery, evaluation or all (featurecircuits.splits)
+    batch_size_given: bool = False  # --batch-size on the command line (it then caps --memory-budget's batch)
 
     @property
     def n(self) -> int:
         return DEFAULT_N_EXAMPLES if self.n_examples is None else self.n_examples
+
+
+class _Given(argparse.Action):
+    """Stores the value and records that the option was given (a default cannot tell)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def add_task(p, *, n_flag: str = "--n-examples", default_task: str | None = None, batch_size: int = 32) -> None:
@@ -162,7 +187,9 @@ def add_task(p, *, n_flag: str = "--n-examples", default_task: str | None = None
                    help=f"a JSONL file or a task name ({', '.join(TASK_NAMES)})")
     p.add_argument(n_flag, dest="n_examples", type=positive_int, default=None,
                    help=f"use the first N pairs of the task (a task name generates N) (default: {DEFAULT_N_EXAMPLES})")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="pairs per forward/backward pass")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, action=_Given,
+                   help="pairs per forward/backward pass")
+    p.set_defaults(batch_size_given=False)
     p.add_argument("--seed", type=int, default=0, help="seed for generated tasks")
 
 
