@@ -169,6 +169,29 @@ def test_shares_are_contiguous_and_fewer_pairs_than_ranks_is_refused(monkeypatch
         distributed.shard(batches)
 
 
+def test_one_run_layout_is_never_taken_for_the_other(monkeypatch, tmp_path, capsys):
+    from featurecircuits.checkpoint import RunDir
+    from featurecircuits.cli import main
+    from featurecircuits.config import AblationConfig
+    from featurecircuits.evaluation import check_ranks
+
+    base = tmp_path / "c.json.run"
+    base.mkdir()
+    for r in (0, 1):  # what an interrupted two-rank run leaves
+        with RunDir(base / f"rank-{r}", {"command": "discover", "world_size": 2}) as run:
+            run.save("nodes-0", {"x": r})
+    args = ["discover", "--task", "sva-rc", "--out", str(tmp_path / "c.json")]
+    for extra in ([], ["--resume"]):  # one process neither resumes nor discards the ranks' units
+        assert main([*args, *extra]) == 2
+        assert f"{base} holds an interrupted run over 2 ranks: continue it with torchrun --nproc-per-node 2" in \
+            capsys.readouterr().err
+    assert sorted(p.name for p in (base / "rank-1").iterdir()) == ["nodes-0.pt", "run.json"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="resample ablation is not split over ranks"):
+        check_ranks(AblationConfig(ablation="resample"))
+    check_ranks(AblationConfig(ablation="mean"))
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line on the organism
 

@@ -13,6 +13,7 @@ Under torchrun each rank keeps its own units in ``rank-<r>/`` of the run folder,
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from dataclasses import asdict, is_dataclass
@@ -161,4 +162,8 @@ def finish(checkpoint) -> None:
 def close_all() -> None:
     """Release every run folder this command opened (completed units stay for --resume)."""
     while OPEN:
-        OPEN.pop().close()
+        opened = OPEN.pop()
+        opened.close()
+        if opened.path.name.startswith("rank-"):  # a rank's folder: the run's folder goes too if left empty
+            with contextlib.suppress(OSError):
+                opened.path.parent.rmdir()
