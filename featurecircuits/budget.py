@@ -34,8 +34,8 @@ from .registry import PLANNED_METHODS
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["OVERHEAD", "BatchChoice", "added_peak", "choose_batch", "format_size", "measure_peak", "parse_size",
-           "probe_l0", "task_tokens"]
+__all__ = ["OVERHEAD", "BatchChoice", "added_peak", "choose_batch", "choose_dossier_tokens", "dossier_peak",
+           "format_size", "measure_peak", "parse_size", "probe_l0", "task_tokens"]
 
 MiB = 2**20
 # device type → (factor on the planned added bytes, constant bytes); see the module docstring
@@ -61,9 +61,12 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int) -> str:
-    """A size as the smallest whole MiB at or above it (GiB with two decimals from 10 GiB), parseable again."""
+    """A size rounded up to whole KiB below 1 MiB, whole MiB below 10 GiB, else GiB with two decimals: parseable
+    again, to at least the size."""
     if n >= 10 * 2**30:
         return f"{math.ceil(n / 2**30 * 100) / 100:.2f}GiB"
+    if n < MiB:
+        return f"{math.ceil(n / 2**10)}KiB"
     return f"{math.ceil(n / MiB)}MiB"
 
 
@@ -106,12 +109,14 @@ class BatchChoice:
     device: str
     limit: str | None
     plan: Plan
+    unit: str = "pairs"  # what ``batch`` counts: prompt pairs, or tokens per forward (dossiers)
 
     def message(self, option: str = "memory budget") -> str:
-        capped = {None: "", "pairs": " (all the pairs there are)",
-                  "batch_size": " (capped by --batch-size)"}[self.limit]
-        return (f"{option} {format_size(self.budget)}: batch of {self.batch} pairs{capped}, planned peak "
-                f"{format_size(self.peak)} over the loaded model ({self.tokens} tokens, {self.device})")
+        capped = {None: "", "pairs": " (all the pairs there are)", "batch_size": " (capped by --batch-size)",
+                  "default": " (the default)"}[self.limit]
+        rows = "pairs" if self.unit == "pairs" else "rows"
+        return (f"{option} {format_size(self.budget)}: batch of {self.batch} {self.unit}{capped}, planned peak "
+                f"{format_size(self.peak)} over the loaded model ({rows} of {self.tokens} tokens, {self.device})")
 
 
 def choose_batch(model, dicts, budget: int, *, tokens: int, n_pairs: int, method: str = "relp",
@@ -128,19 +133,68 @@ def choose_batch(model, dicts, budget: int, *, tokens: int, n_pairs: int, method
 
     low, p = peak(1)
     if low > budget:
-        raise UsageError(f"{option} {format_size(budget)} is too small: one pair of {tokens} tokens needs about "
-                         f"{format_size(low)} over the loaded model ({_device_type(model)}); give at least "
-                         f"{format_size(low)}")
-    lo, hi = 1, top  # the plan grows with the batch: bisect for the last batch that fits
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if peak(mid)[0] <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
+        raise _too_small(option, budget, f"one pair of {tokens} tokens", low, model)
+    lo = _largest(lambda b: peak(b)[0] <= budget, top)  # the plan grows with the batch
     fits, p = peak(lo)
     limit = None if lo < top else ("batch_size" if cap is not None and cap < n_pairs else "pairs")
     return BatchChoice(lo, fits, budget, tokens, _device_type(model), limit, p)
+
+
+def _largest(fits, top: int) -> int:
+    """The largest k in [1, top] with ``fits(k)``, for ``fits`` true at 1 and monotone (bisection)."""
+    lo, hi = 1, top
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def _too_small(option: str, budget: int, what: str, need: int, model) -> UsageError:
+    return UsageError(f"{option} {format_size(budget)} is too small: {what} needs about {format_size(need)} over the "
+                      f"loaded model ({_device_type(model)}); give at least {format_size(need)}")
+
+
+def dossier_peak(model, dicts, tokens: int, config=None) -> tuple[int, Plan]:
+    """(bytes ``featurecircuits features`` adds over the loaded model with ``tokens`` tokens per forward, the
+    plan of its forward). Per token: every submodule's captured activation, one dictionary's dense encode
+    (pre-activations, features, masks; in chunks of at most ``CHUNK_ELEMENTS``) and one layer of the no-gradient
+    forward (the plan's saved activations over its layers); fixed: the dossiers' states, one dictionary's
+    copy while its state is updated. Both doubled (measured on the organism: 1.1–1.4 × below this)."""
+    from .features.dossier import DossierConfig
+    from .features.state import CHUNK_ELEMENTS, FeatureState
+    from .plan import plan
+
+    cfg = config or DossierConfig()
+    size = next(model.hf.parameters()).dtype.itemsize
+    rows = max(1, tokens // cfg.seq_len)
+    p = plan(model, None, rows, cfg.seq_len, dtype=next(model.hf.parameters()).dtype)
+    forward = p.phases["backward"]["activations"] // model.n_layers + p.phases["backward"]["logits"]
+    width = max(ae.width for ae in dicts.values())
+    elements = CHUNK_ELEMENTS["cpu" if _device_type(model) == "cpu" else "other"]
+    chunk = min(rows * cfg.seq_len, max(cfg.seq_len, elements // width))  # tokens encoded densely at once
+    per_row = sum(ae.d_in for ae in dicts.values()) * size * cfg.seq_len
+    states = [sum(t.nbytes for t in FeatureState.empty(
+        ae.width, k=cfg.k, window=cfg.window, n_bins=cfg.n_bins, n_bands=cfg.n_bands,
+        n_quantile_samples=cfg.n_quantile_samples, n_random=cfg.n_random, device="meta").tensors().values())
+        for ae in dicts.values()]
+    moving = rows * per_row + chunk * width * (3 * size + 2) + forward
+    return 2 * moving + sum(states) + max(states) + OVERHEAD[_device_type(model)][1], p
+
+
+def choose_dossier_tokens(model, dicts, budget: int, *, config=None, option: str = "memory budget") -> BatchChoice:
+    """The most tokens per forward (whole rows, at most the config's ``batch_tokens``, which keeps its cache
+    key under a generous budget) whose :func:`dossier_peak` fits in ``budget`` bytes."""
+    from .features.dossier import DossierConfig
+
+    cfg = config or DossierConfig()
+    top = max(1, cfg.batch_tokens // cfg.seq_len)
+    low, p = dossier_peak(model, dicts, cfg.seq_len, cfg)
+    if low > budget:
+        raise _too_small(option, budget, f"one row of {cfg.seq_len} tokens", low, model)
+    rows = _largest(lambda r: dossier_peak(model, dicts, r * cfg.seq_len, cfg)[0] <= budget, top)
+    peak, p = dossier_peak(model, dicts, rows * cfg.seq_len, cfg)
+    return BatchChoice(rows * cfg.seq_len, peak, budget, cfg.seq_len, _device_type(model),
+                       "default" if rows == top else None, p, unit="tokens per forward")
 
 
 def task_tokens(task, tokenizer, n: int) -> int:

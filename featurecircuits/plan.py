@@ -31,7 +31,10 @@ loaded). ``python -m benchmarks.plan_check`` compares it with the measured peak 
 resident memory before the model was built: on CPU it comes out 3–5 % low where per-submodule tensors
 exceed 32 MiB, and about 15 % low at Pythia-70M's shape with 10 × 16 tokens (21 MiB feature tensors),
 where glibc serves such tensors from its heap and freed ones leave holes that still count as resident
-(with ``MALLOC_MMAP_THRESHOLD_=131072`` the same run is 2 % low).
+(with ``MALLOC_MMAP_THRESHOLD_=131072`` the same run is 2 % low). At small shapes (the organism, Pythia-70M
+with 2–16 pairs of 16 tokens) the peak a run *adds* over the loaded model is 1.2–1.5 × the estimate without
+its ``parameters`` and ``dictionaries`` terms, plus about 16 MiB on a process's first gradient pass;
+:mod:`featurecircuits.budget` (``--memory-budget``) applies that correction when it picks a batch.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from . import inputs
 from .guards import check_outputs, input_paths
-from .options import ModelOptions, add_model, from_args, positive_int
+from .options import ModelOptions, add_budget, add_model, from_args, positive_int
 
 NAME = "features"
 HELP = "feature dossiers (top contexts, density, histogram, promoted tokens, labels) over a corpus"
@@ -15,6 +15,7 @@ HELP = "feature dossiers (top contexts, density, histogram, promoted tokens, lab
 
 def add_arguments(p) -> None:
     add_model(p)
+    add_budget(p)
     p.add_argument("--corpus", help="a text file (one document per line), a JSONL file with a 'text' field, or a "
                                     "Hugging Face dataset name (default for the organism: its own training corpus)")
     p.add_argument("--max-tokens", type=positive_int, help="stop after this many tokens (default: the whole corpus; "
@@ -54,9 +55,10 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model)
     if not dicts:
         raise UsageError("--dictionaries none: dossiers describe dictionary features; give dictionaries")
+    budgeted = inputs.dossier_options(req.model, model, dicts)  # before the corpus: a refusal reads nothing
     corpus = open_corpus(req.corpus, model.tokenizer, model_name=model.name)
     max_tokens = req.max_tokens or (16384 if req.corpus is None else None)
-    dossiers = cached_dossiers(model, dicts, corpus, k=req.k, max_tokens=max_tokens, progress=True)
+    dossiers = cached_dossiers(model, dicts, corpus, k=req.k, max_tokens=max_tokens, progress=True, **budgeted)
     if labels:
         dossiers.add_labels(labels)
     dossiers.save(req.out)

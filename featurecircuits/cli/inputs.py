@@ -108,6 +108,18 @@ def batch_size(options: TaskOptions, model_options: ModelOptions, model, dicts, 
     return choice.batch
 
 
+def dossier_options(model_options: ModelOptions, model, dicts) -> dict:
+    """Dossier options for --memory-budget: the most tokens per forward that fit (at most the default, whose
+    cache key a generous budget keeps), reported on stderr; none without a budget."""
+    if model_options.memory_budget is None:
+        return {}
+    from ..budget import choose_dossier_tokens
+
+    choice = choose_dossier_tokens(model, dicts, model_options.memory_budget, option="--memory-budget")
+    print(choice.message("--memory-budget"), file=sys.stderr)
+    return {"batch_tokens": choice.batch}
+
+
 def kept_results(model_options: ModelOptions) -> int:
     """Bytes of per-batch attributions discover may keep for its edges: none under --memory-budget (they are
     recomputed, not counted in the plan), else the default."""

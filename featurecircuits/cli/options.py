@@ -145,11 +145,12 @@ def add_model(p, *, dictionaries: bool = True) -> None:
 
 
 BUDGET_HELP = ("memory the run may add over the loaded model and dictionaries, e.g. 4GiB, 512MiB, 2G (K, M, G, T and "
-               "KiB … TiB: powers of 1024; KB … TB: of 1000): the largest batch whose planned peak fits is used and "
-               "reported on stderr; a budget too small for one pair is refused with the smallest that fits. On CPU "
-               "it bounds the process's peak resident memory over what it holds once the model and dictionaries "
-               "are loaded; on CUDA torch.cuda.max_memory_allocated over the memory allocated before the run. With "
-               "--batch-size too, the smaller of the two batches is used")
+               "KiB … TiB: powers of 1024; KB … TB: of 1000): the largest batch whose planned peak fits is used (pairs "
+               "per forward/backward; for features, tokens per forward, at most the default) and reported on stderr; "
+               "a budget too small for a batch of one is refused with the smallest that fits. On CPU it bounds the "
+               "process's peak resident memory over what it holds once the model and dictionaries are loaded; on "
+               "CUDA torch.cuda.max_memory_allocated over the memory allocated before the run. With --batch-size "
+               "too, the smaller of the two batches is used")
 
 
 def add_budget(p) -> None:
