@@ -40,7 +40,8 @@ def _join(rank: int, world: int, port: int) -> None:
 
 
 def _launch(worker, *args) -> None:
-    mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+    # forked: the ranks start with what this process has imported (a fresh interpreter costs more than the work)
+    mp.start_processes(worker, args=(2, _free_port(), *args), nprocs=2, join=True, start_method="fork")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,9 +86,9 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     if main([*CLI, "--out", out]) != 130:
         raise SystemExit(f"rank {rank}: the interrupted run did not exit 130")
     scoring.attribute_splice = real
+    distributed.barrier()  # both ranks interrupted before either looks or resumes
     run = Path(folder, "resumed.json.run")
     units = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
-    distributed.barrier()  # both ranks interrupted before either resumes
     if main([*CLI, "--out", out, "--resume"]) != 0:
         raise SystemExit(f"rank {rank}: the resumed run failed")
     if rank == 0:
