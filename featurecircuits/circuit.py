@@ -332,14 +332,16 @@ def build_graph(model: Model, splice: Splice, scores: NodeScores, nodes: dict[No
 
 
 def _hover_contexts(model: Model, splice: Splice, scores: NodeScores, nodes, config, metric, *, reduce: bool = False,
-                    k: int = 3) -> dict:
-    """Top contexts of the feature nodes, from the kept results (or the first batch, attributed again);
-    ``reduce``: each rank's candidates merged, in rank (so pair) order."""
+                    first: Batch | None = None, k: int = 3) -> dict:
+    """Top contexts of the feature nodes, from the kept results (or the ``first`` batch, attributed again);
+    ``reduce``: each rank's candidates merged, in rank (so pair) order, and the first batch rank 0's to do."""
     if model.tokenizer is None or not scores.results:
         return {}
     kept = [r for r in scores.results if r[1] is not None]
+    if reduce and not all(distributed.gather(bool(kept))):
+        kept = []  # as in one process over its memory budget: the first batch alone
     if not kept and (not reduce or distributed.is_main()):
-        batch = scores.results[0][0]
+        batch = first if first is not None else scores.results[0][0]
         kept = [(batch, attribute_splice(model, splice, batch, config, metric))]
     found = _context_candidates(kept, [n for n in nodes if n[2] is not None], k)
     if reduce:
@@ -375,16 +377,18 @@ def circuit_metadata(model: Model, splice: Splice, config: AttributionConfig, sc
 
 
 def _find(model: Model, splice: Splice, batches: list[Batch], cfg: AttributionConfig, metric: Metric, *,
-          ranks: bool, selection: tuple, edges: bool, aggregation: str, memory_budget: int, checkpoint, progress: bool):
+          ranks: bool, selection: tuple, edges: bool, aggregation: str, memory_budget: int, checkpoint, progress: bool,
+          first: Batch | None):
     """Node scores, the selected nodes, edge weights among them and hover contexts (``ranks``: ``batches`` are
-    this rank's share, every sum reduced over the ranks)."""
+    this rank's share, every sum reduced over the ranks; ``first``: the run's first batch)."""
     threshold, top_k = selection
     scores = score_nodes(model, splice, batches, cfg, metric, aggregation=aggregation, memory_budget=memory_budget,
                          progress=progress, checkpoint=checkpoint, reduce=ranks)
     nodes = select_nodes(scores, splice, threshold=threshold, top_k=top_k)  # reduced scores: the same on every rank
     weights = score_circuit_edges(model, splice, scores, nodes, cfg, metric, progress=progress, reduce=ranks) \
         if edges and nodes else {}
-    return scores, nodes, weights, _hover_contexts(model, splice, scores, nodes, cfg, metric, reduce=ranks)
+    return scores, nodes, weights, _hover_contexts(model, splice, scores, nodes, cfg, metric, reduce=ranks,
+                                                   first=first)
 
 
 def rank_metadata(batches: Sequence[Batch]) -> dict:
@@ -441,7 +445,8 @@ def discover(
     scores, nodes, weights, contexts = _find(model, splice, distributed.shard(batches), cfg, metric, ranks=ranks,
                                              selection=(node_threshold, top_k), edges=edges, aggregation=aggregation,
                                              memory_budget=memory_budget, checkpoint=checkpoint,
-                                             progress=progress and distributed.is_main())
+                                             progress=progress and distributed.is_main(),
+                                             first=batches[0] if batches else None)
     graph = build_graph(model, splice, scores, nodes, weights, edge_threshold, contexts)
     meta = circuit_metadata(model, splice, cfg, scores, task=task, aggregation=aggregation,
                             node_threshold=node_threshold, edge_threshold=edge_threshold, top_k=top_k,

@@ -19,6 +19,7 @@ import featurecircuits as fc
 from featurecircuits import distributed
 from featurecircuits.errors import UsageError
 from featurecircuits.evaluation import faithfulness_curve
+from featurecircuits.tasks import Task, make_task
 from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,15 @@ def _run_library(model, dicts, batches) -> dict:
     return {"circuit": circuit.to_dict(), "evaluate": result, "curve": curve.to_dict()}
 
 
+def _over_budget() -> dict:
+    """Hover contexts of an organism circuit whose attributions are not kept: those of the first batch, all 7
+    pairs (rank 0 holds 4 of them)."""
+    model = fc.load_model("organism")
+    circuit = fc.discover(model, fc.load_dictionaries("organism", model), Task("sva", make_task("sva-rc", 7)),
+                          top_k=8, edges=False, batch_size=7, split="all", memory_budget=0, progress=False)
+    return {n: circuit.graph.nodes[n]["top_contexts"] for n in circuit.nodes}
+
+
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
     """One rank: the library on the tiny model, then ``featurecircuits discover`` on the organism interrupted
     (Ctrl-C during each rank's second batch, once its first is saved) and resumed, all in one process group
@@ -72,6 +82,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     from featurecircuits.cli import main
 
     got = _run_library(*_tiny())
+    got["over_budget"] = _over_budget()
     if rank == 0:
         torch.save(got, Path(folder) / "library.pt")
     real, calls = scoring.attribute_splice, []
@@ -104,6 +115,7 @@ def assert_same_circuit(got: dict, want: dict) -> None:
     g_nodes, w_nodes = ({n["id"]: n["score"] for n in c["nodes"]} for c in (got, want))
     assert g_nodes.keys() == w_nodes.keys()
     assert all(_close(g_nodes[n], s) for n, s in w_nodes.items())
+    assert [n.get("top_contexts") for n in got["nodes"]] == [n.get("top_contexts") for n in want["nodes"]]
     g_edges, w_edges = ({(e["source"], e["target"]): e["weight"] for e in c["edges"]} for c in (got, want))
     assert g_edges.keys() == w_edges.keys()
     assert all(_close(g_edges[e], w) for e, w in w_edges.items())
@@ -147,6 +159,8 @@ def test_two_ranks_give_the_one_process_results_and_resume_rank_by_rank(tmp_path
     assert [p["n_nodes"] for p in g["points"]] == [p["n_nodes"] for p in w["points"]]
     for gp, wp in zip(g["points"], w["points"], strict=True):
         assert all(_close(gp[k], wp[k]) for k in ("threshold", "faithfulness", "completeness"))
+    want = _over_budget()
+    assert got["over_budget"] == want and any(want.values())  # the first batch's contexts, found by rank 0
 
     # interrupted: each rank kept its first batch in its own run folder; resumed: the one-process circuit
     assert json.loads((tmp_path / "units.json").read_text()) == [
