@@ -15,8 +15,10 @@ measured there).
 
 What each path plans: without dictionaries, the component-level dense path (``compare``); with them, the
 sparse path that ``discover``, curves and ``compare --level feature`` run, with the features active per token
-measured on a few of the task's pairs (:func:`probe_l0`). AP and IG are planned as the gradient path: callers
-cap their sequences per forward (``max_batch``) at the chosen batch, which keeps them below it.
+measured on a few of the task's pairs (:func:`probe_l0`). AP and IG are planned as the gradient path, their
+sequences per forward (``max_batch``) capped by the caller (``compare``: two batches' sequences; not measured
+for IG). ``edges=True`` adds discover's edge scoring (:func:`added_peak`); feature dossiers have their own
+estimate (:func:`dossier_peak`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ OVERHEAD = {"cpu": (1.5, 20 * MiB), "cuda": (1.5, 0)}
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": MiB, "mib": MiB, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
+EDGE_CHUNK = 32  # downstream nodes per batched VJP: edges.score_edges' default, which discover keeps
 PROBE_PAIRS = 8  # pairs whose active features stand for the task's
 
 
@@ -61,9 +64,9 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int) -> str:
-    """A size rounded up to whole KiB below 1 MiB, whole MiB below 10 GiB, else GiB with two decimals: parseable
+    """A size rounded up to whole KiB below 1 MiB, whole MiB below 1 GiB, else GiB with two decimals: parseable
     again, to at least the size."""
-    if n >= 10 * 2**30:
+    if n >= 2**30:
         return f"{math.ceil(n / 2**30 * 100) / 100:.2f}GiB"
     if n < MiB:
         return f"{math.ceil(n / 2**10)}KiB"
@@ -83,9 +86,11 @@ def _widths(dicts) -> dict | None:
 
 
 def added_peak(model, dicts, batch: int, tokens: int, *, method: str = "relp", l0: float | None = None,
-               logit_positions: int = 1) -> tuple[int, Plan]:
+               logit_positions: int = 1, edges: bool = False) -> tuple[int, Plan]:
     """(bytes a run on ``batch`` pairs of ``tokens`` tokens adds over the loaded model and dictionaries, as
-    :func:`measure_peak` measures it; the plan it comes from)."""
+    :func:`measure_peak` measures it; the plan it comes from). ``edges``: also discover's edge scoring, whose
+    batched VJPs hold :data:`EDGE_CHUNK` gradients at every spliced submodule, twice (vmap's intermediates),
+    beside the batch's attribution (one discover run on the organism, 4 pairs: 45 MiB measured, 86 planned)."""
     from .plan import plan
 
     method = method if method in PLANNED_METHODS else "relp"  # AP and IG: see the module docstring
@@ -93,8 +98,12 @@ def added_peak(model, dicts, batch: int, tokens: int, *, method: str = "relp", l
     p = plan(model, _widths(dicts), batch, tokens, method=method, dtype=dtype, l0=l0 if dicts else None,
              logit_positions=logit_positions)
     loaded = p.breakdown["parameters"] + p.breakdown["dictionaries"]
+    extra = 0
+    if edges:
+        d_in = sum(ae.d_in for ae in dicts.values()) if dicts else (1 + 3 * model.n_layers) * model.d_model
+        extra = 2 * EDGE_CHUNK * batch * tokens * d_in * dtype.itemsize
     factor, constant = OVERHEAD[_device_type(model)]
-    return int(factor * (p.total - loaded)) + constant, p
+    return int(factor * (p.total - loaded + extra)) + constant, p
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ class BatchChoice:
 
 
 def choose_batch(model, dicts, budget: int, *, tokens: int, n_pairs: int, method: str = "relp",
-                 l0: float | None = None, logit_positions: int = 1, cap: int | None = None,
+                 l0: float | None = None, logit_positions: int = 1, cap: int | None = None, edges: bool = False,
                  option: str = "memory budget") -> BatchChoice:
     """The largest batch (at most ``n_pairs``, and ``cap`` where given) whose :func:`added_peak` fits in
     ``budget`` bytes. Raises :class:`UsageError` naming the smallest budget that fits one pair."""
@@ -129,7 +138,8 @@ def choose_batch(model, dicts, budget: int, *, tokens: int, n_pairs: int, method
     top = max(1, min(n_pairs, cap or n_pairs))
 
     def peak(b: int):
-        return added_peak(model, dicts, b, tokens, method=method, l0=l0, logit_positions=logit_positions)
+        return added_peak(model, dicts, b, tokens, method=method, l0=l0, logit_positions=logit_positions,
+                          edges=edges)
 
     low, p = peak(1)
     if low > budget:

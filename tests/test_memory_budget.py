@@ -71,6 +71,9 @@ def test_the_choice_is_monotone_in_the_budget_and_maximal(organism):
     for component in (True, False):
         batches = [b for kind, b in chosen if kind is component]
         assert batches == sorted(batches) and batches[0] < batches[-1]
+    edges = choose_batch(model, dicts, 200 * MiB, tokens=tokens, n_pairs=500, l0=l0, edges=True)
+    assert edges.peak <= 200 * MiB < added_peak(model, dicts, edges.batch + 1, tokens, l0=l0, edges=True)[0]
+    assert edges.batch < choose_batch(model, dicts, 200 * MiB, tokens=tokens, n_pairs=500, l0=l0).batch
     capped = choose_batch(model, dicts, GiB, tokens=tokens, n_pairs=500, l0=l0, cap=7)
     assert (capped.batch, capped.limit) == (7, "batch_size")
     assert choose_batch(model, dicts, GiB, tokens=tokens, n_pairs=3, l0=l0).limit == "pairs"
