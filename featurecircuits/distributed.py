@@ -84,6 +84,7 @@ def init(device=None) -> bool:
         torch.cuda.set_device(local)  # "cuda" now means this rank's GPU
     dist.init_process_group("gloo")
     atexit.register(_close)
+    check_devices(device or "cpu")  # every rank agrees before the NCCL group, which all must join or none
     if _wants_cuda(device):
         _nccl = dist.new_group(backend="nccl")
     return True
@@ -170,8 +171,8 @@ def _layout(value):
 
 def reduce_sums(values: dict[Hashable, torch.Tensor | float | int]) -> dict:
     """``values`` summed over the ranks, key by key (a key some ranks lack counts as zero there): tensors
-    stay tensors (of their dtype), Python numbers come back as Python numbers. Keys follow the ranks' order
-    of first appearance, the same on every rank. ``values`` itself outside a process group."""
+    stay tensors (of their dtype, on their device), Python numbers come back as Python numbers. Keys follow
+    the ranks' order of first appearance, the same on every rank. ``values`` itself outside a process group."""
     if not active():
         return values
     union: dict = {}
@@ -183,23 +184,32 @@ def reduce_sums(values: dict[Hashable, torch.Tensor | float | int]) -> dict:
         groups.setdefault((dtype, kind), []).append(key)
     out = {}
     for (dtype, kind), keys in groups.items():
-        device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device(kind)
-        flat = []
-        for key in keys:
-            shape = union[key][0]
-            value = values[key] if key in values else torch.zeros(shape if isinstance(shape, tuple) else ())
-            if not isinstance(value, torch.Tensor):  # straight to float64: no float32 rounding on the way
-                value = torch.tensor(value, dtype=torch.float64)
-            flat.append(value.detach().to(device=device, dtype=dtype).reshape(-1))
+        flat = [_flat(values, key, union[key], dtype, kind) for key in keys]
         summed = torch.cat(flat)
-        dist.all_reduce(summed, group=_nccl if kind == "cuda" else None)
+        dist.all_reduce(summed, group=_nccl if summed.is_cuda else None)
         for key, piece in zip(keys, summed.split([t.numel() for t in flat]), strict=True):
             shape = union[key][0]
             if isinstance(shape, tuple):
-                out[key] = piece.view(shape)
+                home = values[key].device if key in values else _device(kind)
+                out[key] = piece.view(shape).to(home)
             else:
                 out[key] = int(round(piece.item())) if shape == "int" else piece.item()
     return {key: out[key] for key in union}
+
+
+def _device(kind: str) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device(kind)
+
+
+def _flat(values: dict, key, spec, dtype: torch.dtype, kind: str) -> torch.Tensor:
+    """One value (zeros where this rank lacks it) as a flat tensor where it is reduced: CUDA tensors over NCCL,
+    or through the CPU where there is no NCCL group (a model that reached a GPU by a device map)."""
+    shape = spec[0]
+    value = values[key] if key in values else torch.zeros(shape if isinstance(shape, tuple) else ())
+    if not isinstance(value, torch.Tensor):  # straight to float64: no float32 rounding on the way
+        value = torch.tensor(value, dtype=torch.float64)
+    where = _device(kind) if kind == "cuda" and _nccl is not None else torch.device("cpu")
+    return value.detach().to(device=where, dtype=dtype).reshape(-1)
 
 
 def quiet_others() -> None:
