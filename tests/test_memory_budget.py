@@ -179,3 +179,26 @@ def test_dossiers_take_the_tokens_per_forward_the_budget_picks(organism, tmp_pat
     assert 0 < peak <= 100 * MiB
     code = main(["features", "--memory-budget", "20MiB", "--out", str(tmp_path / "d")])
     assert code == 2 and "--memory-budget 20MiB is too small: one row of 128 tokens" in capsys.readouterr().err
+
+
+@pytest.mark.organism
+def test_discover_and_evaluate_run_the_batch_the_budget_picks(tmp_path, capsys):
+    """The budget's batch gives the circuit of that batch size (edges recomputed instead of kept)."""
+    import json
+
+    def batch_of(err: str, budget: str) -> int:
+        line = next(ln for ln in err.splitlines() if ln.startswith(f"--memory-budget {budget}: batch of "))
+        return int(line.split("batch of ")[1].split()[0])
+
+    common = ["discover", "--task", "sva-rc", "--n-examples", "8", "--top-k", "12", "--edge-threshold", "0.01"]
+    assert main([*common, "--memory-budget", "40MiB", "--out", str(tmp_path / "a.json")]) == 0
+    batch = batch_of(capsys.readouterr().err, "40MiB")
+    assert 1 < batch < 8
+    assert main([*common, "--batch-size", str(batch), "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert {n["id"]: n["score"] for n in a["nodes"]} == pytest.approx({n["id"]: n["score"] for n in b["nodes"]})
+    assert {(e["source"], e["target"]): e["weight"] for e in a["edges"]} == \
+        pytest.approx({(e["source"], e["target"]): e["weight"] for e in b["edges"]})
+    assert main(["evaluate", "--circuit", str(tmp_path / "a.json"), "--task", "sva-rc", "--n-examples", "8",
+                 "--memory-budget", "40MiB"]) == 0
+    assert 1 <= batch_of(capsys.readouterr().err, "40MiB") <= 8

@@ -16,6 +16,7 @@ from .options import (
     TaskOptions,
     add_ablation,
     add_attribution,
+    add_budget,
     add_kinds,
     add_model,
     add_resumable,
@@ -33,6 +34,7 @@ HELP = "faithfulness vs circuit size for several methods"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
+    add_budget(p)
     add_split(p, NAME, "evaluation")
     add_ablation(p)
     p.add_argument("--methods", type=methods, default="relp,ig,atp",
@@ -90,11 +92,12 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
     task, n = inputs.task(req.task, model, loaded,
                           splits=("all",) if req.task.split == "all" else ("discovery", req.task.split))
+    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, req.attribution.config())
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
     inputs.check_dictionaries(model, dicts, task, n)
     curve = faithfulness_curve(model, dicts, task, methods=req.methods, attribution=req.attribution.config(),
                                thresholds=req.thresholds, relative=not req.absolute, config=req.ablation.config(),
-                               n_examples=n, batch_size=req.task.batch_size, split=req.task.split, progress=True,
+                               n_examples=n, batch_size=batch_size, split=req.task.split, progress=True,
                                checkpoint=checkpoint,
                                submodules=inputs.kind_submodules(req.kinds, model, dicts))
     if not runs.hand_over(checkpoint):  # under torchrun, rank 0 alone reports and writes

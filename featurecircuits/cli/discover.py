@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from .options import (
     RunOptions,
     TaskOptions,
     add_attribution,
+    add_budget,
     add_features,
     add_kinds,
     add_model,
@@ -33,6 +35,7 @@ HELP = "find a circuit and save it as JSON (and HTML)"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
+    add_budget(p)
     add_split(p, NAME, "discovery")
     p.add_argument("--node-threshold", type=threshold, default=None,
                    help="keep nodes with |mean score| ≥ this (default: 0.1; with --top-k none, and both given: the "
@@ -94,26 +97,27 @@ def run(req: Request) -> int:
     labels = req.features.read_labels()
     model, dicts = inputs.load(req.model)
     task, n = inputs.task(req.task, model, loaded)
+    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, req.attribution.config(), edges=True)
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
     inputs.check_dictionaries(model, dicts, task, n)
     start = time.perf_counter()
     circuit = discover(model, dicts, task, config=req.attribution.config(), node_threshold=req.node_threshold,
                        edge_threshold=req.edge_threshold, top_k=req.top_k, aggregation=req.aggregation,
-                       n_examples=n, batch_size=req.task.batch_size, split=req.task.split, progress=True,
-                       checkpoint=checkpoint,
+                       n_examples=n, batch_size=batch_size, split=req.task.split, progress=True,
+                       checkpoint=checkpoint, memory_budget=inputs.kept_results(req.model),
                        submodules=inputs.kind_submodules(req.kinds, model, dicts))
     if not runs.hand_over(checkpoint):  # under torchrun, rank 0 alone writes
         return 0
-    files = _outputs(req, circuit, model, dicts, task, n, labels)
+    files = _outputs(req, circuit, model, dicts, task, n, labels, batch_size)
     atomic_write_many(files)  # both new, or (interrupted) both as they were
     runs.finish(checkpoint)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges in {time.perf_counter() - start:.1f} s → {req.out}")
-    if req.html:
+    if req.html in files:
         print(f"graph → {req.html}")
     return 0
 
 
-def _outputs(req: Request, circuit, model, dicts, task, n: int, labels) -> dict:
+def _outputs(req: Request, circuit, model, dicts, task, n: int, labels, batch_size: int) -> dict:
     """The circuit (verified against activation patching with --verify, its features labelled) as JSON, and
     its page with --html."""
     if req.verify:
@@ -122,7 +126,7 @@ def _outputs(req: Request, circuit, model, dicts, task, n: int, labels) -> dict:
 
         # on the pairs that found it: how well each node's score matches the effect it estimates
         verification = verify_circuit(model, dicts, circuit, select(task, req.task.split), k=req.verify,
-                                      n_examples=n, batch_size=req.task.batch_size)
+                                      n_examples=n, batch_size=batch_size)
         circuit.metadata["verification"] = verification
         pearson = verification["pearson"]
         print(f"verified against activation patching on {verification['n']} nodes: Pearson "
@@ -135,5 +139,11 @@ def _outputs(req: Request, circuit, model, dicts, task, n: int, labels) -> dict:
         annotate(circuit, dossiers, labels)  # labels on the feature nodes, saved with the circuit
     files = {req.out: circuit.to_json() + "\n"}
     if req.html:
-        files[req.html] = inputs.circuit_page(circuit, dossiers=dossiers, labels=labels)
+        from ..plots import PlotTooLarge
+
+        try:
+            files[req.html] = inputs.circuit_page(circuit, dossiers=dossiers, labels=labels)
+        except PlotTooLarge as e:  # the circuit is still worth its JSON
+            print(f"warning: --html not written: {e}. Draw it with: featurecircuits plot --circuit {req.out} "
+                  f"--top-k 500 --out {req.html}", file=sys.stderr)
     return files

@@ -11,6 +11,7 @@ from .options import (
     ModelOptions,
     TaskOptions,
     add_ablation,
+    add_budget,
     add_model,
     add_split,
     add_task,
@@ -24,6 +25,7 @@ HELP = "faithfulness and completeness of a saved circuit"
 def add_arguments(p) -> None:
     add_model(p)
     add_task(p)
+    add_budget(p)
     add_split(p, NAME, "evaluation")
     add_ablation(p)
     p.add_argument("--circuit", required=True, help="circuit JSON file (from discover)")
@@ -76,7 +78,7 @@ def run(req: Request) -> int:
     task, n = inputs.task(req.task, model, loaded)
     inputs.check_dictionaries(model, dicts, task, n)
     result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n,
-                      batch_size=req.task.batch_size, split=req.task.split)
+                      batch_size=inputs.batch_size(req.task, req.model, model, dicts, task, n), split=req.task.split)
     if not distributed.is_main():  # under torchrun, rank 0 alone reports and writes
         return 0
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",

@@ -265,3 +265,23 @@ def test_discover_verify_records_agreement_with_activation_patching_and_the_page
     assert "verified against activation patching" in capsys.readouterr().out
     assert "Checked against activation patching on" in page.read_text()
     assert Circuit.from_json(out).metadata["verification"] == v  # survives the round trip
+
+
+@pytest.mark.organism
+def test_discover_writes_the_circuit_when_its_page_would_be_too_large(tmp_path, capsys, monkeypatch):
+    from featurecircuits.cli import inputs
+    from featurecircuits.plots import PlotTooLarge, check_size
+
+    def page(circuit, **options):  # the limit of a much smaller page
+        check_size(circuit, "the circuit", max_nodes=2)
+        raise AssertionError("not refused")
+
+    monkeypatch.setattr(inputs, "circuit_page", page)
+    out, html = tmp_path / "c.json", tmp_path / "c.html"
+    assert main(["discover", "--task", "sva-rc", "--n-examples", "4", "--top-k", "5", "--out", str(out),
+                 "--html", str(html)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --html not written: the circuit has 5 nodes" in err
+    assert f"featurecircuits plot --circuit {out} --top-k 500 --out {html}" in err
+    assert len(Circuit.from_json(out)) == 5 and not html.exists()
+    assert PlotTooLarge.__mro__[1].__name__ == "UsageError"
