@@ -3,14 +3,25 @@ fwd + fwd + bwd of the unspliced model measured in the same run, and, for featur
 *floor*: that plain pass plus one dense encode of every dictionary on both runs' activations, the work
 any method that reads every feature cannot avoid.
 
+Each row (plain, floor, every method) runs in its own fresh process over the setting built once
+(:mod:`benchmarks.measure` says why: measured in one process, a row's peak RSS included what the rows
+before it left resident). Edge rows run in this process after the others.
+
+``--tokens 16,64,256`` runs the Pythia-70M setting at each prompt length (its dictionaries calibrated
+on prompts of that length, as for one length) and adds two columns: time and peak RSS above the plain pass, each
+divided by tokens × mean L0 and by the same figure at the shortest prompt (1.0: proportional to
+tokens × L0). Leave the dense path out there (``--paths sparse``): it holds (B, T, width) tensors.
+
 The results file (``--out``, default ``benchmarks/results.json``) is one JSON object:
 ``{"rows": [row, ...], "settings": {name: {"mean_l0": {submodule: features per token}, ...}}}``. Each
-row has ``setting, level, method, seconds, ratio`` (to the plain pass; edge rows: to RelP node scoring),
-``ratio_floor`` (feature-level rows and the floor itself; null elsewhere) and ``peak_rss_gib``. Each
-setting records the mean L0 of its dictionaries per submodule, measured on the benchmark batch (clean
-and patch runs), with the batch shape, the memory planner's estimate for AtP and RelP
-(``planned_peak_gib``, which excludes the runtime's own resident memory) and, for the Pythia-70M
-setting, the calibration target.
+row has ``setting, level, method, tokens, seconds, ratio`` (to the plain pass; edge rows: to RelP node
+scoring), ``ratio_floor`` (feature-level rows and the floor itself; null elsewhere), ``peak_rss_gib``,
+``excess_gib`` (above the plain pass of the same prompt length) and ``time_per_tl0``/``excess_per_tl0``
+(null unless several token counts ran). Each setting records the mean L0 of its dictionaries per
+submodule, measured on the benchmark batch (clean and patch runs), with the batch shape, the memory
+planner's estimate for AtP and RelP (``planned_peak_gib``, which excludes the runtime's own resident
+memory) and, for the Pythia-70M setting, the calibration target; those of the shortest prompt at the top
+level, every prompt length's under ``by_tokens``.
 """
 
 from __future__ import annotations
@@ -18,104 +29,72 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import threading
-import time
-
-import torch
+import tempfile
 
 import featurecircuits as fc
 from featurecircuits.plan import plan
 
 from . import settings
+from .measure import PeakRSS, in_fresh_process, save_setting, timeit
+
+__all__ = ["PeakRSS", "main"]
 
 
-class PeakRSS:
-    """Peak resident set size while the block runs, sampled from /proc every 2 ms."""
-
-    def __enter__(self):
-        self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _row(name, level, method, tokens, secs, rss, ratio, ratio_floor=None) -> dict:
+    return {"setting": name, "level": level, "method": method, "tokens": tokens, "seconds": secs, "ratio": ratio,
+            "ratio_floor": ratio_floor, "peak_rss_gib": rss / 2**30, "time_per_tl0": None, "excess_per_tl0": None}
 
 
-def plain_fwd_fwd_bwd(model: fc.Model, batch: fc.Batch) -> None:
-    """The reference cost: a patch forward, a clean forward, a backward to the embeddings."""
-    with torch.no_grad():
-        model.hf(input_ids=batch.patch)
-    emb = model.hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
-    m = fc.logit_diff(model.hf(inputs_embeds=emb).logits, batch)
-    torch.autograd.grad(m.sum(), emb)
-
-
-def floor_fwd_fwd_bwd_encode(model: fc.Model, dicts: dict, batch: fc.Batch) -> None:
-    """The floor: the plain pass, plus one dense encode of every dictionary on each run's activations
-    (encoded as they are produced and dropped, so the floor holds no feature tensor)."""
-
-    def encode(sub, x):
-        with torch.no_grad():
-            dicts[sub.name].encode(x)
-
-    with settings.recording(model, model.select(list(dicts)), encode):
-        plain_fwd_fwd_bwd(model, batch)
-
-
-def timeit(fn, repeats: int) -> tuple[float, int]:
-    fn()  # warm-up
-    times, peak = [], 0
-    for _ in range(repeats):
-        with PeakRSS() as rss:
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        peak = max(peak, rss.peak)
-    return statistics.median(times), peak
-
-
-def _row(name, level, method, secs, rss, ratio, ratio_floor=None) -> dict:
-    return {"setting": name, "level": level, "method": method, "seconds": secs, "ratio": ratio,
-            "ratio_floor": ratio_floor, "peak_rss_gib": rss / 2**30}
-
-
-def run_setting(name, model, dicts, batch, methods, repeats, rows, levels=("component", "feature")):
-    base, base_rss = timeit(lambda: plain_fwd_fwd_bwd(model, batch), repeats)
-    rows.append(_row(name, "-", "plain fwd+fwd+bwd", base, base_rss, 1.0))
-    print(_fmt(rows[-1]), flush=True)
-    floor = None
-    if "feature" in levels:
-        floor, floor_rss = timeit(lambda: floor_fwd_fwd_bwd_encode(model, dicts, batch), repeats)
-        rows.append(_row(name, "-", "floor: plain + dense encodes", floor, floor_rss, floor / base, 1.0))
-        print(_fmt(rows[-1]), flush=True)
+def _jobs(methods, levels, paths):
+    """(level, label, job) for every method row, in order: the sparse path (what discover runs) and the
+    dense reference for feature-level AtP and RelP."""
     for level in levels:
         for method in methods:
             if level == "feature" and method == "ap":
                 continue  # one forward per feature: see the component level for AP's cost
-            kw = {"dictionaries": dicts} if level == "feature" else {}
-            variants = [(method, kw)]
-            if level == "feature" and method in ("atp", "relp"):  # what discover runs, and the dense reference
-                variants = [(method, {**kw, "sparse": True}), (f"{method} (dense path)", kw)]
-            for label, options in variants:
-                secs, rss = timeit(lambda m=method, o=options: fc.attribute(model, batch, method=m, **o),
-                                   1 if method in ("ap", "ig") else repeats)
-                rows.append(_row(name, level, label, secs, rss, secs / base,
-                                 secs / floor if level == "feature" else None))
-                print(_fmt(rows[-1]), flush=True)
+            variants = [(method, False)]
+            if level == "feature" and method in ("atp", "relp"):
+                variants = [(label, sparse) for label, sparse in ((method, True), (f"{method} (dense path)", False))
+                            if ("sparse" if sparse else "dense") in paths]
+            for label, sparse in variants:
+                yield level, label, {"kind": "attribute", "method": method, "level": level, "sparse": sparse}
+
+
+def run_tokens(name, path, tokens, methods, repeats, levels, paths, rows) -> None:
+    """The rows of one token count, each in a fresh process over the setting saved at ``path``."""
+    def measure(level, label, job, reps):
+        secs, rss = in_fresh_process(path, {**job, "tokens": tokens, "repeats": reps})
+        return level, label, secs, rss
+
+    plain = measure("-", "plain fwd+fwd+bwd", {"kind": "plain"}, repeats)
+    done = [plain]
+    floor = None
+    if "feature" in levels:
+        done.append(measure("-", "floor: plain + dense encodes", {"kind": "floor"}, repeats))
+        floor = done[-1][2]
+    for level, label, job in _jobs(methods, levels, paths):
+        done.append(measure(level, label, job, 1 if job["method"] in ("ap", "ig") else repeats))
+    for level, label, secs, rss in done:
+        is_floor = label.startswith("floor")
+        ratio_floor = secs / floor if level == "feature" else 1.0 if is_floor else None
+        rows.append(_row(name, level, label, tokens, secs, rss, secs / plain[2], ratio_floor))
+        rows[-1]["excess_gib"] = (rss - plain[3]) / 2**30
+        print(_fmt(rows[-1]), flush=True)
+
+
+def scale_columns(rows, l0: dict[tuple[str, int], float]) -> None:
+    """Fill ``time_per_tl0`` (seconds) and ``excess_per_tl0`` (peak RSS above the plain pass of the same token
+    count), each divided by tokens × mean L0 and by the same figure of the row's first token count: 1.0
+    where a cost grows as tokens × L0, above 1 where it grows faster."""
+    first: dict[tuple, dict] = {}
+    for r in rows:
+        t, mean = r["tokens"], l0.get((r["setting"], r["tokens"]))
+        if mean is None or "excess_gib" not in r:
+            continue
+        per = {"time": r["seconds"] / (t * mean), "excess": r["excess_gib"] / (t * mean)}
+        ref = first.setdefault((r["setting"], r["level"], r["method"]), per)
+        r["time_per_tl0"] = per["time"] / ref["time"]
+        r["excess_per_tl0"] = per["excess"] / ref["excess"] if ref["excess"] > 0 else None
 
 
 def top_nodes(res, k: int):
@@ -126,7 +105,8 @@ def top_nodes(res, k: int):
 
 
 def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
-    """Edge scoring among the top-k RelP nodes, against RelP node scoring measured in the same run."""
+    """Edge scoring among the top-k RelP nodes, against RelP node scoring measured in the same run (in this
+    process, which has run nothing else but the build and the L0 count)."""
     from featurecircuits.edges import score_edges
     from featurecircuits.splice import Splice
 
@@ -136,50 +116,72 @@ def run_edges(name, model, dicts, batch, rows, sizes=(100, 1000)):
     for k in sizes:
         nodes = top_nodes(res, k)
         secs, rss = timeit(lambda n=nodes: score_edges(model, splice, batch, res, n), 1)
-        rows.append(_row(name, "feature", f"edges, {len(nodes)} nodes", secs, rss, secs / node_secs))
+        rows.append(_row(name, "feature", f"edges, {len(nodes)} nodes", batch.n_tokens, secs, rss,
+                         secs / node_secs))
         print(_fmt(rows[-1]) + "   (ratio to RelP node scoring)", flush=True)
 
 
 def run_demo(rows):
     import subprocess
     import sys
+    import time
 
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "featurecircuits", "demo", "--out", "out/bench-demo"], check=True,
                    capture_output=True)
-    rows.append(_row("organism", "-", "make demo (end to end)", time.perf_counter() - start, float("nan"),
+    rows.append(_row("organism", "-", "make demo (end to end)", None, time.perf_counter() - start, float("nan"),
                      float("nan")))
     print(_fmt(rows[-1]), flush=True)
 
 
-COLUMNS = ("setting", "level", "method", "seconds", "ratio", "ratio_floor", "peak_rss_gib")
+COLUMNS = ("setting", "level", "method", "tokens", "seconds", "ratio", "ratio_floor", "peak_rss_gib",
+           "time_per_tl0", "excess_per_tl0")
 
 
 def _fmt(row) -> str:
     def cell(c):
         v = row[c]
         if isinstance(v, float):
-            return f"{v:.3f}".rjust(11)
+            return f"{v:.3f}".rjust(14)
         if COLUMNS.index(c) >= 3:
-            return ("-" if v is None else str(v)).rjust(11)
+            return ("-" if v is None else str(v)).rjust(14)
         return str(v).ljust(28 if c == "method" else 10)
 
     return "  ".join(cell(c) for c in COLUMNS)
 
 
 def _header() -> str:
-    return "  ".join(c.ljust(28 if c == "method" else 10) if i < 3 else c.rjust(11) for i, c in enumerate(COLUMNS))
+    return "  ".join(c.ljust(28 if c == "method" else 10) if i < 3 else c.rjust(14) for i, c in enumerate(COLUMNS))
 
 
-def main(argv=None) -> int:
+SCALING_NOTE = """\
+time_per_tl0 / excess_per_tl0: seconds / peak RSS above the plain pass of the same prompt length, divided by
+tokens x mean L0, relative to the shortest prompt (1.0: grows as tokens x L0)."""
+
+
+def print_scaling(rows) -> None:
+    """The rows again with their growth columns, and what grows faster than tokens × L0."""
+    print("\n# growth with prompt length\n" + _header())
+    for r in rows:
+        if r["time_per_tl0"] is not None:
+            print(_fmt(r))
+    print(SCALING_NOTE)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default="organism,pythia70m")
     parser.add_argument("--methods", default="atp,relp,ig,ap")
     parser.add_argument("--levels", default="component,feature")
+    parser.add_argument("--paths", default="sparse,dense",
+                        help="feature-level AtP/RelP paths to run: sparse (as discover runs them), dense (the "
+                             "reference; (B, T, width) tensors: leave it out at 64 tokens and more)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=10)
-    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--tokens", default="16",
+                        help="tokens per prompt of the Pythia-70M setting; several (16,64,256) add the columns "
+                             "time_per_tl0 and excess_per_tl0")
     parser.add_argument("--width", type=int, default=32768, help="dictionary width of the Pythia-70M setting")
     parser.add_argument("--target-l0", type=float, default=settings.TARGET_L0,
                         help="features per token the Pythia-70M setting's random dictionaries are calibrated "
@@ -187,41 +189,87 @@ def main(argv=None) -> int:
     parser.add_argument("--no-edges", action="store_true", help="skip edge scoring")
     parser.add_argument("--demo", action="store_true", help="also time the full demo")
     parser.add_argument("--out", default="benchmarks/results.json")
+    return parser
+
+
+def _arguments(argv):
+    parser = _parser()
     args = parser.parse_args(argv)
-    methods, levels, names = args.methods.split(","), args.levels.split(","), args.settings.split(",")
-    for what, values, valid in (("method", methods, ["ap", "atp", "relp", "ig"]),
-                                ("level", levels, ["component", "feature"]),
-                                ("setting", names, ["organism", "pythia70m"])):
+    args.methods, args.levels, args.settings = args.methods.split(","), args.levels.split(","), args.settings.split(",")
+    args.paths = args.paths.split(",")
+    try:
+        args.tokens = sorted({int(t) for t in args.tokens.split(",")})
+    except ValueError:
+        parser.error("--tokens takes comma-separated integers")
+    for what, values, valid in (("method", args.methods, ["ap", "atp", "relp", "ig"]),
+                                ("level", args.levels, ["component", "feature"]),
+                                ("setting", args.settings, ["organism", "pythia70m"]),
+                                ("path", args.paths, ["sparse", "dense"])):
         bad = [v for v in values if v not in valid]
         if bad:
             parser.error(f"unknown {what} {', '.join(bad)}; valid: {', '.join(valid)}")
-    if args.repeats < 1 or args.pairs < 1 or args.tokens < 1:
+    if args.repeats < 1 or args.pairs < 1 or min(args.tokens) < 1:
         parser.error("--repeats, --pairs and --tokens must be positive")
-    torch.manual_seed(0)
+    return args
+
+
+def build(name: str, args, tokens: int) -> tuple:
+    """(model, dictionaries, batch, what to record) of a setting: the Pythia-70M setting at ``tokens`` per
+    prompt, calibrated on prompts of that length (the distribution of activations changes with position:
+    dictionaries calibrated on 256-token prompts fire thousands of attention features per token on
+    16-token ones); the organism at its task's length."""
+    if name == "organism":
+        model, dicts, batch = settings.organism(args.pairs)
+        return model, dicts, batch, {"dictionaries": "organism (trained)"}
+    target = args.target_l0 or None
+    model, dicts, batch = settings.pythia70m_shaped(args.width, args.pairs, tokens, target_l0=target)
+    return model, dicts, batch, {"dictionaries": f"random AutoEncoder, width {args.width}", "target_l0": target}
+
+
+def record_tokens(model, dicts, batch) -> dict:
+    """Mean L0 per submodule on the batch, and the planner's estimate for its shape (which excludes the
+    runtime's own resident memory)."""
+    l0 = settings.mean_l0(model, dicts, batch)
+    widths = {n: int(getattr(ae, "width", None) or ae.dict_size) for n, ae in dicts.items()}
+    planned = {m: plan(model, widths, len(batch), batch.n_tokens, method=m).gib for m in ("atp", "relp")}
+    return {"pairs": len(batch), "tokens": batch.n_tokens, "mean_l0": l0, "planned_peak_gib": planned}
+
+
+def run_setting(name, args, rows, recorded, workdir) -> None:
+    """Every prompt length of a setting (the organism has one), each built afresh and saved for the rows'
+    processes; edges at the shortest."""
+    by_tokens: dict[int, dict] = {}
+    for t in args.tokens if name == "pythia70m" else [None]:
+        model, dicts, batch, recorded[name] = build(name, args, t)
+        path = os.path.join(workdir, f"{name}.pt")
+        save_setting(path, model, dicts, {batch.n_tokens: batch})
+        by_tokens[batch.n_tokens] = record_tokens(model, dicts, batch)
+        print(f"# {name}, {batch.n_tokens} tokens: mean L0 per token " +
+              ", ".join(f"{k} {v:.1f}" for k, v in by_tokens[batch.n_tokens]["mean_l0"].items()), flush=True)
+        run_tokens(name, path, batch.n_tokens, args.methods, args.repeats, args.levels, args.paths, rows)
+        os.remove(path)
+        if not args.no_edges and "feature" in args.levels and batch.n_tokens == min(by_tokens):
+            run_edges(name, model, dicts, batch, rows)
+        del model, dicts
+    recorded[name].update(by_tokens[min(by_tokens)])  # the shortest prompt's, at the top level as before
+    recorded[name]["by_tokens"] = by_tokens
+
+
+def main(argv=None) -> int:
+    args = _arguments(argv)
     rows: list[dict] = []
     recorded: dict[str, dict] = {}
     print(_header())
-    for name in names:
-        if name == "organism":
-            model, dicts, batch = settings.organism(args.pairs)
-            recorded[name] = {"dictionaries": "organism (trained)"}
-        else:
-            target = args.target_l0 or None
-            model, dicts, batch = settings.pythia70m_shaped(args.width, args.pairs, args.tokens, target_l0=target)
-            recorded[name] = {"dictionaries": f"random AutoEncoder, width {args.width}",
-                              "target_l0": target}
-        l0 = settings.mean_l0(model, dicts, batch)
-        recorded[name].update(pairs=len(batch), tokens=batch.n_tokens, mean_l0=l0)
-        widths = {n: int(getattr(ae, "width", None) or ae.dict_size) for n, ae in dicts.items()}
-        recorded[name]["planned_peak_gib"] = {  # the planner's estimate (excludes the runtime itself)
-            m: plan(model, widths, len(batch), batch.n_tokens, method=m).gib for m in ("atp", "relp")}
-        print(f"# {name}: mean L0 per token " + ", ".join(f"{k} {v:.1f}" for k, v in l0.items()), flush=True)
-        run_setting(name, model, dicts, batch, methods, args.repeats, rows, levels)
-        if not args.no_edges and "feature" in levels:
-            run_edges(name, model, dicts, batch, rows)
-        del model, dicts
+    with tempfile.TemporaryDirectory(prefix="fc-bench-") as workdir:
+        for name in args.settings:
+            run_setting(name, args, rows, recorded, workdir)
     if args.demo:
         run_demo(rows)
+    l0 = {(name, t): sum(r["mean_l0"].values()) / len(r["mean_l0"]) for name, s in recorded.items()
+          for t, r in s["by_tokens"].items()}
+    if len(args.tokens) > 1:
+        scale_columns(rows, l0)
+        print_scaling(rows)
     fc.fileio.atomic_write_text(args.out, json.dumps({"rows": rows, "settings": recorded}, indent=1))
     print(f"\n{len(rows)} rows written to {args.out}")
     return 0

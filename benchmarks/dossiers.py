@@ -30,7 +30,7 @@ import featurecircuits as fc  # noqa: E402
 from featurecircuits.features import DossierConfig, OrganismCorpus, TokenCorpus, build_dossiers
 
 from . import settings  # noqa: E402
-from .__main__ import PeakRSS  # noqa: E402
+from .measure import PeakRSS  # noqa: E402
 
 COLUMNS = ("setting", "tokens", "floor_s", "dossiers_s", "ratio", "ratio_cpu", "floor_tok_s", "dossiers_tok_s",
            "floor_peak_gib", "dossiers_peak_gib", "state_gib")

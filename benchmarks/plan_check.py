@@ -64,7 +64,7 @@ def child(case: str, batch: int, tokens: int, method: str, layers: int, width: i
     import featurecircuits as fc
     from featurecircuits.plan import plan
 
-    from .__main__ import PeakRSS
+    from .measure import PeakRSS
 
     gc.collect()
     libc = ctypes.CDLL("libc.so.6")

@@ -57,6 +57,22 @@ def _unflatten(flat: torch.Tensor, shape) -> torch.Tensor:
     return torch.stack(out[::-1])
 
 
+def _active(ae, x: torch.Tensor) -> tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """(shape of the features, (sorted row-major flat positions of the active features, their values)). The
+    dense (…, width) feature tensor lives only inside this call: it is the largest tensor of the sparse path."""
+    f = ae.encode(x)
+    flat = f.reshape(-1).nonzero().squeeze(1)
+    return tuple(f.shape), (flat, f.reshape(-1)[flat])
+
+
+def _at(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``values`` at the positions of ``query`` in the sorted ``keys`` (0 where a query is not a key)."""
+    if keys.numel() == 0:
+        return values.new_zeros(query.shape)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return torch.where(keys[pos] == query, values[pos], values.new_zeros(()))
+
+
 class Splice:
     """Which submodules carry nodes and how their parts make up the output."""
 
@@ -133,11 +149,9 @@ class Splice:
                 store[sub.name] = {k: v.detach() for k, v in self.parts(sub, x.detach()).items()}
                 return None
             x = x.detach()
-            f = ae.encode(x)
-            flat = f.reshape(-1).nonzero().squeeze(1)
-            idx = _unflatten(flat, f.shape)
-            vals = f.reshape(-1)[flat]
-            store[sub.name] = {"act": coo(idx, vals, f.shape), "err": x - ae.decode_sparse(idx, vals, f.shape)}
+            shape, (flat, vals) = _active(ae, x)
+            idx = _unflatten(flat, shape)
+            store[sub.name] = {"act": coo(idx, vals, shape), "err": x - ae.decode_sparse(idx, vals, shape)}
             return None
 
         return edit
@@ -151,16 +165,15 @@ class Splice:
             if ae is None:
                 return self.leaf_edit(store)(sub, x)
             xd = x.detach()
-            f = ae.encode(xd)
+            shape, (here, here_values) = _active(ae, xd)  # the dense features are dropped inside
             src = sources[sub.name]["act"]
-            src_flat = torch.zeros(f.numel(), dtype=f.dtype, device=f.device)
-            src_flat[_flat(src._indices(), f.shape)] = src._values()
-            flat = ((f.reshape(-1) != 0) | (src_flat != 0)).nonzero().squeeze(1)
-            idx = _unflatten(flat, f.shape)
-            values = f.reshape(-1)[flat].requires_grad_(True)
-            err = (xd - ae.decode_sparse(idx, values.detach(), f.shape)).requires_grad_(True)
-            store[sub.name] = {"act": SparseLeaf(idx, values, src_flat[flat], tuple(f.shape)), "err": err}
-            c = ae.decode_sparse(idx, values, f.shape) + err
+            there = _flat(src._indices(), shape)  # sorted: the source tensor is coalesced
+            flat = torch.cat([here, there]).unique()  # sorted union, without a dense scatter or masks
+            idx = _unflatten(flat, shape)
+            values = _at(here, here_values, flat).requires_grad_(True)
+            err = (xd - ae.decode_sparse(idx, values.detach(), shape)).requires_grad_(True)
+            store[sub.name] = {"act": SparseLeaf(idx, values, _at(there, src._values(), flat), shape), "err": err}
+            c = ae.decode_sparse(idx, values, shape) + err
             return xd + (c - c.detach()) + (x - x.detach())
 
         return edit

@@ -95,3 +95,17 @@ def test_page_benchmark_builds_the_requested_circuit_and_a_page_under_10_mb(tmp_
     rows = json.loads(out.read_text())["rows"]
     assert [r["positions"] for r in rows] == [16, "summed"]
     assert all(r["MB"] <= 10 for r in rows)
+
+
+def test_growth_columns_divide_by_tokens_times_l0():
+    from benchmarks.__main__ import scale_columns
+
+    def row(method, tokens, seconds, excess):
+        return {"setting": "s", "level": "feature", "method": method, "tokens": tokens, "seconds": seconds,
+                "excess_gib": excess}
+
+    rows = [row("relp", 16, 1.0, 0.5), row("relp", 64, 8.0, 2.0), row("plain", 16, 1.0, 0.0)]
+    scale_columns(rows, {("s", 16): 10.0, ("s", 64): 5.0})  # L0 halves at 64 tokens
+    # tokens × L0 doubles: time grows 8×, i.e. 4× faster than tokens × L0; memory 4×, i.e. 2× faster
+    assert rows[1]["time_per_tl0"] == pytest.approx(4.0) and rows[1]["excess_per_tl0"] == pytest.approx(2.0)
+    assert rows[0]["time_per_tl0"] == 1.0 and rows[2]["excess_per_tl0"] is None
