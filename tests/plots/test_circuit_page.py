@@ -225,12 +225,13 @@ def test_the_summed_view_of_a_positional_circuit_is_the_summed_circuit():
     """Summing a positional circuit's node scores and edge weights over positions gives exactly what discover
     finds with aggregation='sum' (every node and edge kept)."""
     model = tiny_model()
-    dicts = random_dictionaries(model)
-    batch = random_batch()
+    dicts = random_dictionaries(model, size=16)  # every node of every position gets its edges: keep it small
+    batch = random_batch(n=2, t=4)
     kw = dict(node_threshold=0.0, edge_threshold=0.0)
     summed = discover(model, dicts, [batch], aggregation="none", **kw).summed()
     direct = discover(model, dicts, [batch], aggregation="sum", **kw)
     nonzero = [n for n in direct.nodes if direct.score(n) != 0]
+    assert len(nonzero) > 40 and direct.n_edges > 1000  # (53 and 2,907 when written)
     assert set(nonzero) <= set(summed.nodes)
     for n in summed.nodes:
         assert summed.score(n) == pytest.approx(direct.score(n) if n in direct.graph else 0.0, abs=1e-6)
