@@ -156,7 +156,13 @@ def _header() -> str:
 
 SCALING_NOTE = """\
 time_per_tl0 / excess_per_tl0: seconds / peak RSS above the plain pass of the same prompt length, divided by
-tokens x mean L0, relative to the shortest prompt (1.0: grows as tokens x L0)."""
+tokens x mean L0, relative to the shortest prompt (1.0: grows as tokens x L0). What does not grow as
+tokens x L0: the dense encodes (tokens x width whatever L0: the floor's cost), the one submodule's dense
+(rows x width) feature tensor alive at a time (transient memory, and what the allocator keeps
+of it below glibc's 32 MiB mmap ceiling), attention (tokens^2 per prompt; at 256
+tokens Pythia-70M's 8 heads hold 2 MiB of pattern per prompt and layer, small beside the encoders'
+512 x 32768 multiply-adds per token) and fixed per-call costs (which make the shortest prompt dear per
+token, so columns fall below 1). A column above 1 at the longest prompt means one of these dominates."""
 
 
 def print_scaling(rows) -> None:
