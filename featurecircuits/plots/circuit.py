@@ -54,7 +54,7 @@ def _short(circuit: Circuit, node: str) -> str:
     if members:
         return f"group {circuit.label(node)} ({len(members)} node{'s' * (len(members) > 1)})"
     label = circuit.label(node) if circuit.ref(node).kind == "feature" else None
-    return node + (f" ‹{label}›" if label else "")
+    return node + (f" {_quoted(label)}" if label else "")
 
 
 def _label(circuit: Circuit, node: str) -> str:
@@ -67,7 +67,12 @@ def _label(circuit: Circuit, node: str) -> str:
     if kind == "component":
         return esc(circuit.ref(node).submodule)
     label = circuit.label(node)
-    return f"f{circuit.ref(node).feature}" + (f"<br>‹{esc(label)}›" if label else "")
+    return f"f{circuit.ref(node).feature}" + (f"<br>{esc(_quoted(label))}" if label else "")
+
+
+def _quoted(label: str) -> str:
+    """``‹pilot›`` for a bare token label; a dossier's label (``‹pilots› → were``) already marks its tokens."""
+    return label if "‹" in label else f"‹{label}›"
 
 
 def _hover(circuit: Circuit, node: str) -> str:

@@ -18,7 +18,7 @@ function fcTokens(list){
 function fcCard(card){
   const h = card.histogram || {counts: []}, hmax = Math.max(...h.counts, 1);
   const bars = h.counts.map(n => `<span class="bar" style="height:${Math.max(1, 28 * n / hmax)}px"></span>`).join('');
-  let html = `<div class="card"><p><b>${card.label ? '‹' + fcEsc(card.label) + '›' : 'no label'}</b>` +
+  let html = `<div class="card"><p><b>${card.label ? fcEsc(card.label.includes('‹') ? card.label : '‹' + card.label + '›') : 'no label'}</b>` +
     (card.label_source ? ` <span class="help">(label: ${fcEsc(card.label_source)})</span>` : '') + '</p>';
   html += `<p>fires on ${(100 * (card.density || 0)).toPrecision(2)}% of ${card.n_tokens || '?'} tokens ` +
     `(${fcEsc(card.corpus || 'corpus')}${card.task_prompts ? ': the task\'s own prompts' : ''}); max ` +

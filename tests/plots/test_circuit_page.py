@@ -286,3 +286,12 @@ def test_discover_writes_the_circuit_when_its_page_would_be_too_large(tmp_path, 
     assert f"featurecircuits plot --circuit {out} --top-k 500 --out {html}" in err
     assert len(Circuit.from_json(out)) == 5 and not html.exists()
     assert PlotTooLarge.__mro__[1].__name__ == "UsageError"
+
+
+def test_a_dossier_label_is_not_quoted_twice():
+    c = _random_circuit(3, 2)
+    a, b = c.nodes[:2]
+    c.graph.nodes[a]["label"], c.graph.nodes[b]["label"] = "‹pilots› → were", "pilot"
+    fig = circuit_figure(c)
+    text = " ".join(t.text if isinstance(t.text, str) else " ".join(map(str, t.text or ())) for t in fig.data)
+    assert "‹pilots› → were" in text and "‹pilot›" in text and "‹‹" not in text
