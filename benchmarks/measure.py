@@ -126,9 +126,11 @@ def child(path: str, job: dict) -> dict:
 
 def in_fresh_process(path: str, job: dict) -> tuple[float, int]:
     """(median seconds, peak RSS) of ``job`` run in a new interpreter over the setting saved at ``path``."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.measure", path, json.dumps(job)], check=True,
-                         capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-m", "benchmarks.measure", path, json.dumps(job)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # the row's own error, not just its exit status
+        raise RuntimeError(f"benchmark row {job} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["seconds"], result["peak_rss"]
 
 

@@ -24,10 +24,12 @@ import torch.distributed as dist
 from .errors import UsageError
 
 __all__ = ["active", "barrier", "check_devices", "gather", "init", "is_main", "quiet_others", "rank", "reduce_sums",
+           "refuse_ranks",
            "setup", "shard", "shares", "world_size"]
 
 _ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _nccl = None  # the NCCL group reducing CUDA tensors, once ranks run on GPUs
+_cpu = None  # a gloo group for CPU values where the caller's own default group is not gloo (None: the default)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -41,6 +43,14 @@ def _env_int(name: str, default: int) -> int:
 def world_size() -> int:
     """The number of ranks: the process group's, else torchrun's ``WORLD_SIZE`` (1 outside torchrun)."""
     return dist.get_world_size() if dist.is_initialized() else max(1, _env_int("WORLD_SIZE", 1))
+
+
+def refuse_ranks(command: str) -> None:
+    """A command that does not split its work over ranks: refused under torchrun (each rank would run all of it
+    and write the same outputs)."""
+    if world_size() > 1:
+        raise UsageError(f"{command} does not split its work over torchrun's ranks (each of the {world_size()} would "
+                         f"run all of it): run it in one process (discover, evaluate and curve split their pairs)")
 
 
 def rank() -> int:
@@ -66,10 +76,12 @@ def _wants_cuda(device) -> bool:
 def init(device=None) -> bool:
     """Join the process group of a torchrun launch (from its environment variables); False outside one.
     ``device``: where this rank's model goes; a GPU makes each rank use the GPU of its local rank."""
-    global _nccl
+    global _nccl, _cpu
     if world_size() <= 1:
         return False
-    if dist.is_initialized():
+    if dist.is_initialized():  # the caller's own group: CPU sums need a gloo one beside an NCCL default
+        if _cpu is None and dist.get_backend() != "gloo":
+            _cpu = dist.new_group(backend="gloo")
         return True
     missing = [name for name in _ENV if not os.environ.get(name)]
     if missing:
@@ -100,7 +112,7 @@ def gather(obj) -> list:
     if not active():
         return [obj]
     out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_cpu)
     return out
 
 
@@ -112,6 +124,8 @@ def barrier() -> None:
 def check_devices(device) -> None:
     """A UsageError on every rank when the ranks' models are not on one kind of device, or share a GPU."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda": the GPU this rank set as its own
+        device = torch.device("cuda", torch.cuda.current_device())
     seen = gather((socket.gethostname(), device.type, device.index))
     kinds = {kind for _, kind, _ in seen}
     listed = ", ".join(f"rank {r} {kind}{'' if index is None else f':{index}'}"
@@ -186,7 +200,7 @@ def reduce_sums(values: dict[Hashable, torch.Tensor | float | int]) -> dict:
     for (dtype, kind), keys in groups.items():
         flat = [_flat(values, key, union[key], dtype, kind) for key in keys]
         summed = torch.cat(flat)
-        dist.all_reduce(summed, group=_nccl if summed.is_cuda else None)
+        dist.all_reduce(summed, group=_nccl if summed.is_cuda else _cpu)
         for key, piece in zip(keys, summed.split([t.numel() for t in flat]), strict=True):
             shape = union[key][0]
             if isinstance(shape, tuple):

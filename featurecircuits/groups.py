@@ -39,17 +39,26 @@ def read_groups(path: str | Path) -> dict[str, list[str]]:
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UsageError(f"--groups {path}: expected a JSON object of group name → list of node ids, "
                          f"e.g. {{\"subject\": [\"resid_3/f12\", \"attn_3/f7\"]}}")
-    seen: dict[str, str] = {}
     for name, ids in data.items():
         for i in ids:
             try:
                 submodule_kind_layer(NodeRef.parse(i).submodule)  # a known submodule too
             except ValueError as e:
                 raise UsageError(f"--groups {path}: group {name!r}: {e}") from None
-            if i in seen:
-                raise UsageError(f"--groups {path}: node {i!r} is in two groups, {seen[i]!r} and {name!r}")
-            seen[i] = name
+    _check_disjoint(data, f"--groups {path}")
     return {name: list(ids) for name, ids in data.items()}
+
+
+def _check_disjoint(groups: Mapping[str, Sequence[str]], where: str) -> None:
+    """A feature (or error term) belongs to one group at most, whatever positions its members name: the summed
+    view would otherwise draw it in whichever group came last."""
+    seen: dict[str, str] = {}
+    for name, ids in groups.items():
+        for i in ids:
+            key = NodeRef.parse(i).summed().id
+            if seen.setdefault(key, name) != name:
+                raise UsageError(f"{where}: {i!r} is in two groups, {seen[key]!r} and {name!r} (as {key!r}); a node "
+                                 "belongs to one group")
 
 
 def _membership(circuit: Circuit, groups: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -65,7 +74,9 @@ def _membership(circuit: Circuit, groups: Mapping[str, Sequence[str]]) -> dict[s
 
 
 def check_groups(circuit: Circuit, groups: Mapping[str, Sequence[str]], where: str = "--groups") -> None:
-    """Every member names a node of the circuit (at some position, for a member without one)."""
+    """Every member names a node of the circuit (at some position, for a member without one), and no node is in
+    two groups."""
+    _check_disjoint(groups, where)
     present = set(circuit.nodes) | {circuit.ref(n).summed().id for n in circuit.nodes}
     for name, ids in groups.items():
         missing = [i for i in ids if i not in present and NodeRef.parse(i).summed().id not in present]

@@ -224,3 +224,15 @@ def test_torchrun_discover_writes_the_one_process_circuit_once(tmp_path, one_pro
     assert_same_circuit(got, one_process)
     assert (got["metadata"]["world_size"], got["metadata"]["ranks"]) == (2, [4, 3])
     assert not (tmp_path / "two.json.run").exists()
+
+
+@pytest.mark.parametrize("argv", [["compare", "--n", "4", "--out", "{t}/cmp"],
+                                  ["features", "--model", "organism", "--out", "{t}/dossiers"]])
+def test_commands_that_do_not_split_their_work_are_refused_under_torchrun(argv, tmp_path, capsys, monkeypatch):
+    from featurecircuits.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([a.replace("{t}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{argv[0]} does not split its work over torchrun's ranks" in err and "one process" in err
+    assert list(tmp_path.iterdir()) == []  # nothing made

@@ -62,11 +62,16 @@ def test_groups_that_name_no_node_or_a_node_twice_are_refused(tmp_path):
     bad = tmp_path / "g.json"
     for text, words in [("{oops", "not valid JSON"), ('["resid_1/f1"]', "expected a JSON object"),
                         ('{"a": ["resid_1/f1"], "b": ["resid_1/f1"]}', "in two groups, 'a' and 'b'"),
+                        ('{"a": ["resid_1/f1"], "b": ["resid_1/f1@2"]}', "'resid_1/f1@2' is in two groups"),
                         ('{"a": ["resid_1/fx"]}', "malformed node id 'resid_1/fx'"),
                         ('{"a": ["banana"]}', "unknown submodule 'banana'")]:
         bad.write_text(text)
         with pytest.raises(UsageError, match=words):
             read_groups(bad)
+    bad.write_text('{"a": ["resid_1/f1@2", "resid_1/f1@3", "resid_1/f1@2"]}')  # one group: fine
+    assert read_groups(bad) == {"a": ["resid_1/f1@2", "resid_1/f1@3", "resid_1/f1@2"]}
+    with pytest.raises(UsageError, match="in two groups"):
+        check_groups(_circuit(), {"a": ["resid_1/f1"], "b": ["resid_1/f1@3"]})
     with pytest.raises(UsageError, match="cannot read it"):
         read_groups(tmp_path / "missing.json")
 

@@ -141,6 +141,9 @@ def _compare(req: Request, model, dicts, batches, groups, checkpoint, max_batch:
 
 
 def run(req: Request) -> int:
+    from .. import distributed
+
+    distributed.refuse_ranks("compare")
     import json
     from pathlib import Path
 

@@ -92,7 +92,8 @@ def run(req: Request) -> int:
     model, dicts = inputs.load(req.model, start_layer=req.ablation.start_layer)
     task, n = inputs.task(req.task, model, loaded,
                           splits=("all",) if req.task.split == "all" else ("discovery", req.task.split))
-    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, req.attribution.config())
+    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, req.attribution.config(),
+                                   ablation=True)
     checkpoint = runs.open_run(req.run, req.out, runs.run_key(NAME, req, task, dicts))
     inputs.check_dictionaries(model, dicts, task, n)
     curve = faithfulness_curve(model, dicts, task, methods=req.methods, attribution=req.attribution.config(),

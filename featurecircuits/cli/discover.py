@@ -145,5 +145,6 @@ def _outputs(req: Request, circuit, model, dicts, task, n: int, labels, batch_si
             files[req.html] = inputs.circuit_page(circuit, dossiers=dossiers, labels=labels)
         except PlotTooLarge as e:  # the circuit is still worth its JSON
             print(f"warning: --html not written: {e}. Draw it with: featurecircuits plot --circuit {req.out} "
-                  f"--top-k 500 --out {req.html}", file=sys.stderr)
+                  f"--top-k 500 --out {req.html} (add --edge-threshold W if its edges are still too many)",
+                  file=sys.stderr)
     return files

@@ -77,8 +77,9 @@ def run(req: Request) -> int:
     inputs.check_features(req.circuit, circuit, dicts)
     task, n = inputs.task(req.task, model, loaded)
     inputs.check_dictionaries(model, dicts, task, n)
-    result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n,
-                      batch_size=inputs.batch_size(req.task, req.model, model, dicts, task, n), split=req.task.split)
+    batch_size = inputs.batch_size(req.task, req.model, model, dicts, task, n, ablation=True)
+    result = evaluate(model, dicts, circuit, task, config=req.ablation.config(), n_examples=n, batch_size=batch_size,
+                      split=req.task.split)
     if not distributed.is_main():  # under torchrun, rank 0 alone reports and writes
         return 0
     row = {"nodes": result.n_nodes, "edges": result.n_edges, "faithfulness": f"{result.faithfulness:.3f}",

@@ -42,6 +42,9 @@ class Request:
 
 
 def run(req: Request) -> int:
+    from .. import distributed
+
+    distributed.refuse_ranks("features")
     from ..features import cached_dossiers, open_corpus
     from ..features.circuits import read_label_file
     from ..registry import ORGANISM

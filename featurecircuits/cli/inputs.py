@@ -90,12 +90,14 @@ def _generated(options: TaskOptions, model, split: str):
 
 
 def batch_size(options: TaskOptions, model_options: ModelOptions, model, dicts, task, n: int, config=None, *,
-               edges: bool = False) -> int:
+               edges: bool = False, ablation: bool = False) -> int:
     """Pairs per forward/backward: --batch-size, or with --memory-budget the largest batch whose planned peak
     fits (capped by --batch-size where that was given), reported on stderr (:mod:`featurecircuits.budget`).
     ``dicts``: the sparse feature path is planned (features active per token probed on a few pairs); without,
     the component-level one. ``config``: the attribution config (its method). ``edges``: plan discover's edge
-    scoring too."""
+    scoring too. ``ablation``: the run also ablates (evaluate, curve), holding every submodule's dense features
+    for a batch at once: the dense path is planned too (an overestimate of a forward without gradients) and
+    the smaller batch taken."""
     budget = model_options.memory_budget
     if budget is None:
         return options.batch_size
@@ -103,11 +105,15 @@ def batch_size(options: TaskOptions, model_options: ModelOptions, model, dicts, 
 
     n = min(n, len(task))
     l0 = probe_l0(model, dicts, task.batches(model.tokenizer, PROBE_PAIRS, n=min(n, PROBE_PAIRS))[0]) if dicts else None
-    choice = choose_batch(model, dicts, budget, tokens=task_tokens(task, model.tokenizer, n), n_pairs=n,
-                          method=getattr(config, "method", "relp"), l0=l0,
-                          cap=options.batch_size if options.batch_size_given else None, edges=edges,
-                          option="--memory-budget")
-    print(choice.message("--memory-budget"), file=sys.stderr)
+    plan = dict(tokens=task_tokens(task, model.tokenizer, n), n_pairs=n, method=getattr(config, "method", "relp"),
+                cap=options.batch_size if options.batch_size_given else None, option="--memory-budget")
+    choice = choose_batch(model, dicts, budget, l0=l0, edges=edges, **plan)
+    if ablation and dicts:
+        choice = min(choice, choose_batch(model, dicts, budget, l0=None, **plan), key=lambda c: c.batch)
+    from .. import distributed
+
+    if distributed.is_main():  # every rank plans alike; one says so
+        print(choice.message("--memory-budget"), file=sys.stderr)
     return choice.batch
 
 

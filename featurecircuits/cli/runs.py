@@ -14,6 +14,7 @@ Under torchrun each rank keeps its own units in ``rank-<r>/`` of the run folder,
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import sys
 from dataclasses import asdict, is_dataclass
@@ -23,6 +24,7 @@ from ..errors import UsageError
 from .options import RunOptions
 
 OUTPUT_FIELDS = ("out", "html", "run")  # request fields that name outputs, not what is computed
+NOT_IN_KEY = ("batch_size_given",)  # how an option was given, not what it is
 
 
 class Terminated(KeyboardInterrupt):
@@ -108,6 +110,7 @@ def run_key(command: str, request, task=None, dictionaries=None, **extra) -> dic
     for name, value in asdict(request).items():  # option groups flattened: keys are the options' own names
         if name not in OUTPUT_FIELDS:
             options.update(value if is_dataclass(getattr(request, name)) else {name: value})
+    options = {k: v for k, v in options.items() if k not in NOT_IN_KEY}
     world = _ranks()[1]
     if world > 1:  # each rank's units hold its share of the pairs, which the number of ranks decides
         extra = {**extra, "world_size": world}
@@ -146,7 +149,17 @@ def hand_over(checkpoint) -> bool:
     if not distributed.is_main():
         checkpoint.close()
     distributed.barrier()
-    return distributed.is_main()
+    if distributed.is_main():
+        return True
+    distributed.barrier()  # rank 0 has written the outputs (finish): this rank's folder goes, on its own machine too
+    _remove_rank_folder(checkpoint.path)
+    return False
+
+
+def _remove_rank_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # the run's folder, once empty (on a machine without a shared filesystem too)
 
 
 def finish(checkpoint) -> None:
@@ -157,6 +170,7 @@ def finish(checkpoint) -> None:
     checkpoint.remove()
     if distributed.active():
         remove_rank_folders(checkpoint.path.parent)
+        distributed.barrier()  # the other ranks wait for this in hand_over, then remove their own folders
 
 
 def close_all() -> None:
