@@ -22,7 +22,7 @@ from .circuit import Circuit
 from .errors import UsageError
 from .nodes import METRIC_NODE, NodeRef, submodule_kind_layer
 
-__all__ = ["check_groups", "grouped", "read_groups"]
+__all__ = ["check_groups", "grouped", "read_groups", "supernodes"]
 
 
 def read_groups(path: str | Path) -> dict[str, list[str]]:
@@ -110,3 +110,17 @@ def grouped(circuit: Circuit, groups: Mapping[str, Sequence[str]]) -> Circuit:
         if su != sv:  # edges inside a group disappear
             g.add_edge(su, sv, weight=g.edges[su, sv]["weight"] + w if g.has_edge(su, sv) else w)
     return Circuit(g, dict(circuit.metadata))
+
+
+def supernodes(nodes: Sequence[dict], groups: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """The groups as an attribution graph's ``qParams.supernodes`` (``[name, node_id, …]`` each, the viewers'
+    format) over its exported ``nodes`` (each with our id as ``fc_id``); groups with no exported member are
+    left out."""
+    out = []
+    for name, ids in groups.items():
+        wanted = set(ids)
+        members = [n["node_id"] for n in nodes if n.get("fc_id") not in (None, METRIC_NODE)
+                   and (n["fc_id"] in wanted or NodeRef.parse(n["fc_id"]).summed().id in wanted)]
+        if members:
+            out.append([name, *members])
+    return out

@@ -90,3 +90,14 @@ def test_the_page_and_plot_draw_groups(tmp_path, capsys):
     assert "group subject (2 nodes)" in out.read_text()
     assert main(["plot", "--circuit", str(circuit), "--groups", str(groups), "--out", str(groups)]) == 2
     assert "--out" in capsys.readouterr().err and json.loads(groups.read_text()) == GROUPS
+
+
+def test_groups_become_the_viewers_supernodes():
+    from featurecircuits.groups import supernodes
+
+    nodes = [{"node_id": "1_1_2", "fc_id": "resid_1/f1@2"}, {"node_id": "1_2_2", "fc_id": "resid_1/f2@2"},
+             {"node_id": "1_1_3", "fc_id": "resid_1/f1@3"}, {"node_id": "0_-1_2", "fc_id": "mlp_0/err@2"},
+             {"node_id": "E_5_0", "fc_id": None},
+             {"node_id": "L_9_3", "fc_id": METRIC_NODE}]
+    assert supernodes(nodes, {**GROUPS, "none": ["attn_2/f5"], "error": ["mlp_0/err@2"]}) == [
+        ["subject", "1_1_2", "1_2_2", "1_1_3"], ["error", "0_-1_2"]]

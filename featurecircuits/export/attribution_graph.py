@@ -273,7 +273,8 @@ def _dossiers(features, model, dictionaries):
 
 def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int = 0, model=None,
                              dictionaries="auto", task=None, slug: str | None = None,
-                             edge_threshold: float | None = None, features="auto", labels=None) -> Path:
+                             edge_threshold: float | None = None, features="auto", labels=None,
+                             groups=None) -> Path:
     """Export ``circuit`` on one example of its task to ``out`` (see the module docstring).
 
     ``model``: a loaded model or a spec for ``load_model`` (default the circuit's ``model``);
@@ -282,7 +283,12 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
     ``edge_threshold``: keep edges with |weight| ≥ this on the example (default the circuit's);
     ``features``: dossiers (or a folder of them; "auto": cached ones of the circuit's dictionaries) whose
     cards are written as the viewer's feature files beside the graph; ``labels``: node id → Label (user
-    labels win over the dossiers' automatic ones), written as each feature's ``clerp``."""
+    labels win over the dossiers' automatic ones), written as each feature's ``clerp``; ``groups`` (name → node
+    ids, :mod:`featurecircuits.groups`): written as the viewer's supernodes."""
+    from ..groups import check_groups, supernodes
+
+    if groups:
+        check_groups(circuit, groups, where="groups")  # before the model loads
     model = circuit_model(circuit, model)
     dictionaries, _ = circuit_dictionaries(circuit, model, dictionaries)
     dossiers = _dossiers(features, model, dictionaries)
@@ -292,6 +298,8 @@ def export_attribution_graph(circuit: Circuit, out: str | Path, *, example: int 
         annotate(circuit, dossiers, labels)
     data = _example_graph(circuit, model, dictionaries, task, example, slug, edge_threshold)
     _with_circuit_texts(data, circuit, viewer_cards=dossiers is not None)
+    if groups:
+        data["qParams"]["supernodes"] = supernodes(data["nodes"], groups)
     path = write_graph_files(data, out)
     if dossiers is not None:
         from ..features import write_feature_files

@@ -273,6 +273,8 @@ CASES = [
      ["circuit.json has 2 nodes and 2 edges", "--top-k K", "--max-nodes N"]),
     ("option", "plot-groups-not-json", {"g.json": "{oops"},
      P + ["--circuit", "{t}/circuit.json", "--groups", "{t}/g.json"], 2, ["--groups", "g.json", "not valid JSON"]),
+    ("option", "export-groups-missing", {}, ["export", "--circuit", "{t}/circuit.json", "--groups", "{t}/nope.json",
+                                             "--out", "{t}/graphs"], 2, ["--groups", "nope.json", "cannot read it"]),
     ("option", "plot-groups-unknown-node", {"g.json": '{"s": ["resid_4/f9"]}'},
      P + ["--circuit", "{t}/circuit.json", "--groups", "{t}/g.json"], 2,
      ["group 's'", "resid_4/f9 not in the circuit"]),

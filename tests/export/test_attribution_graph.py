@@ -23,7 +23,7 @@ from featurecircuits.export import (
     write_graph_files,
 )
 from featurecircuits.models import load_model
-from featurecircuits.nodes import METRIC_NODE, parse_node_id
+from featurecircuits.nodes import METRIC_NODE, NodeRef, parse_node_id
 from tests.conftest import random_batch, random_dictionaries, tiny_model
 
 
@@ -203,6 +203,21 @@ def test_cli_export_on_the_organism(tmp_path, capsys):
     circuit.write_text(json.dumps(meta))
     assert main(["export", "--circuit", str(circuit), "--example", "99", "--out", str(out)]) == 2
     assert "example 99 does not exist" in capsys.readouterr().err
+    # node groups become the viewer's supernodes (members named without position match every position)
+    features = [n for n in data["nodes"] if n["feature_type"] != "logit" and n.get("fc_id") not in (None, METRIC_NODE)
+                and "/f" in n["fc_id"]][:2]
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"pair": [NodeRef.parse(n["fc_id"]).summed().id for n in features]}))
+    assert main(["export", "--circuit", str(circuit), "--example", "3", "--task", "sva-rc", "--n-examples", "8",
+                 "--groups", str(groups), "--out", str(tmp_path / "grouped")]) == 0
+    (path,) = [p for p in (tmp_path / "grouped").glob("*.json") if p.name != "graph-metadata.json"]
+    grouped = json.loads(path.read_text())
+    check_attribution_graph(grouped)
+    assert grouped["qParams"]["supernodes"] == [["pair", *[n["node_id"] for n in grouped["nodes"]
+                                                           if n.get("fc_id") in {f["fc_id"] for f in features}]]]
+    groups.write_text(json.dumps({"pair": ["resid_5/f1023@0"]}))
+    assert main(["export", "--circuit", str(circuit), "--groups", str(groups), "--out", str(tmp_path / "g2")]) == 2
+    assert "not in the circuit" in capsys.readouterr().err and not (tmp_path / "g2").exists()
 
 
 @pytest.mark.organism
