@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(os.environ.get("FEATURECIRCUITS_WHEEL_TEST") != "1",
                                 reason="slow: set FEATURECIRCUITS_WHEEL_TEST=1 (CI does)")
 
-SOURCES = ("featurecircuits", "models/organism", "dictionaries/organism", "tasks")
+SOURCES = ("featurecircuits", "models/organism", "dictionaries/organism", "tasks", "docs")  # setup.py DATA
 FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "LICENSE", "README.md")
 
 
@@ -54,6 +54,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_demo_from_elsewhere(tmp_p
                    "featurecircuits/_data/models/organism/model.safetensors",
                    "featurecircuits/_data/dictionaries/organism/resid_3/0_1024/ae.pt",
                    "featurecircuits/_data/tasks/organism/sva-rc.jsonl",
+                   "featurecircuits/_data/docs/splits.md",
                    "featurecircuits/dictionaries/saelens.py"):
         assert needed in names, needed
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
