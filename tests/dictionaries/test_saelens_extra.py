@@ -68,7 +68,7 @@ def test_saes_saved_by_saelens_load_with_the_same_encode_and_decode(tmp_path, ar
 
 
 def test_release_ids_go_through_saelens_registry(tmp_path, monkeypatch):
-    from conftest import tiny_model
+    from tests.conftest import tiny_model
 
     ids = ours.release_ids("gemma-scope-2b-pt-res-canonical")  # SAELens's bundled registry, offline
     assert "layer_0/width_16k/canonical" in ids
@@ -93,7 +93,7 @@ def test_release_ids_go_through_saelens_registry(tmp_path, monkeypatch):
 def test_an_attention_sae_on_hook_z_saved_by_saelens_sits_on_z(tmp_path):
     """SAELens's own hook_z SAE (``reshape_activations="hook_z"``: it flattens (…, heads, head_dim)) loads onto
     z_1, the attention output projection's input, and encodes there exactly as SAELens does."""
-    from conftest import tiny_model
+    from tests.conftest import tiny_model
     from sae_lens.saes.sae import SAEMetadata
 
     model = tiny_model("gpt_neox")
