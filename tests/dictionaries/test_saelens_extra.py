@@ -93,8 +93,9 @@ def test_release_ids_go_through_saelens_registry(tmp_path, monkeypatch):
 def test_an_attention_sae_on_hook_z_saved_by_saelens_sits_on_z(tmp_path):
     """SAELens's own hook_z SAE (``reshape_activations="hook_z"``: it flattens (…, heads, head_dim)) loads onto
     z_1, the attention output projection's input, and encodes there exactly as SAELens does."""
-    from tests.conftest import tiny_model
     from sae_lens.saes.sae import SAEMetadata
+
+    from tests.conftest import tiny_model
 
     model = tiny_model("gpt_neox")
     model.hf.double()
