@@ -35,7 +35,8 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (one we may not signal counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -55,7 +56,7 @@ def _remove_stale_temps(path: Path) -> None:
         return
     for entry in entries:
         m = _TMP.match(entry.name)
-        if m and m["name"] == path.name and not _pid_alive(int(m["pid"])):
+        if m and m["name"] == path.name and not pid_alive(int(m["pid"])):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .errors import UsageError
+from .fileio import pid_alive
 
 __all__ = ["LOCK_FILE", "FolderInUse", "FolderLock", "holder"]
 
@@ -78,13 +79,7 @@ def _pid_alive(owner: dict) -> bool:
         return False
     if owner.get("host") not in (None, socket.gethostname()):
         return True  # another machine's process: cannot tell, so it is not taken from it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def holder(folder: str | Path) -> dict | None:

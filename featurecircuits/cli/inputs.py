@@ -177,13 +177,14 @@ def check_features(where, circuit, dicts) -> None:
                              f"width {dicts[ref.submodule].width}")
 
 
-def circuit_page(circuit, evaluation=None, title: str | None = None, dossiers=None, labels=None) -> str:
-    """A circuit's page (its views, notes, labels and feature cards), for writing with its JSON."""
+def circuit_page(circuit, evaluation=None, title: str | None = None, dossiers=None, labels=None, **options) -> str:
+    """A circuit's page (its views, notes, labels and feature cards), for writing with its JSON. ``options``:
+    for :func:`featurecircuits.plots.circuit_sections` (groups, size limits)."""
     from ..plots import circuit_sections, page_html
 
     title = title or f"{circuit.metadata.get('method', '')} circuit · {circuit.metadata.get('model', '')}"
     return page_html(circuit_sections({title: circuit}, evaluations={title: evaluation}, dossiers=dossiers,
-                                      labels=labels), title=title)
+                                      labels=labels, **options), title=title)
 
 
 def page(fig) -> str:

@@ -69,7 +69,8 @@ def run(req: Request) -> int:
     from ..circuit import Circuit
     from ..fileio import atomic_write_text
     from ..groups import check_groups, read_groups
-    from ..plots import check_size, circuit_sections, page_html
+    from ..plots import check_size
+    from . import inputs
 
     reads = input_paths(circuit=req.circuit)
     if req.groups and Path(req.groups).exists():
@@ -85,9 +86,8 @@ def run(req: Request) -> int:
     check_size(circuit, req.circuit, **limits)  # before its model and dossiers load
     if groups:
         check_groups(circuit, groups, where=f"--groups {req.groups}")
-    title = req.title or f"{circuit.metadata.get('method', '')} circuit · {circuit.metadata.get('model', '')}"
-    sections = circuit_sections({title: circuit}, dossiers=_dossiers(circuit, req.features), labels=labels,
-                                groups=groups, **limits)
-    atomic_write_text(req.out, page_html(sections, title=title))
+    page = inputs.circuit_page(circuit, title=req.title, dossiers=_dossiers(circuit, req.features), labels=labels,
+                               groups=groups, **limits)
+    atomic_write_text(req.out, page)
     print(f"{len(circuit)} nodes, {circuit.n_edges} edges → {req.out}")
     return 0
