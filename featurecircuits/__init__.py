@@ -30,7 +30,7 @@ _API = {
 }
 _MODULES = ("fileio", "registry", "splice", "tasks", "models", "dictionaries", "config", "scoring", "evaluation",
             "circuit", "attribution", "edges", "lrp", "data", "compare", "plots", "export", "words", "plan", "paths",
-            "nodes", "sparse", "fidelity", "features", "splits", "positions")
+            "nodes", "sparse", "fidelity", "features", "splits", "positions", "patching")
 
 __all__ = sorted({*_API, "fileio", "registry", "splice", "tasks"})
 

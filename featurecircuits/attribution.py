@@ -14,9 +14,7 @@ backwards per submodule (batched along α); AP one forward per node (batched alo
 
 from __future__ import annotations
 
-import copy
 import importlib
-import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from .config import AttributionConfig, LRPConfig
 from .data import Batch, Metric, logit_diff, logits_kept
 from .lrp import apply_rules
 from .models import Model, Submodule
+from .patching import Patch, both_runs, capture, check_metric, run_patches
 from .registry import method_info
 from .sparse import coo, total
 from .sparse import values as stored_values
@@ -78,30 +77,12 @@ class Attribution:
         return s
 
 
-def _check_metric(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
-    if not isinstance(values, torch.Tensor) or values.shape != (n,):
-        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-        raise ValueError(f"the metric must return one value per example, shape ({n},); got {shape}")
-    if not torch.isfinite(values).all():
-        raise ValueError(f"the metric is not finite on the {what} run: {values.tolist()}")
-    return values
-
-
 def _check_tokens(model: Model, batch: Batch) -> None:
     vocab = model.hf.get_input_embeddings().num_embeddings
     for name in ("clean", "patch", "clean_answer", "patch_answer"):
         t = getattr(batch, name)
         if t.numel() and (t.min() < 0 or t.max() >= vocab):
             raise ValueError(f"{name} holds token ids outside the model's vocabulary [0, {vocab})")
-
-
-def _capture(model: Model, splice: Splice, ids: torch.Tensor, metric: Metric, *, sparse: bool = False
-             ) -> tuple[dict[str, Parts], torch.Tensor]:
-    store: dict[str, Parts] = {}
-    edit = splice.sparse_capture_edit(store) if sparse else splice.capture_edit(store)
-    with torch.no_grad():
-        logits = run(model, ids, edit, splice.submodules, logits_to_keep=logits_kept(metric))
-    return store, logits
 
 
 def _reduce(splice: Splice, sub: Submodule, part: str, elementwise: torch.Tensor) -> torch.Tensor:
@@ -126,13 +107,13 @@ def _finish(splice: Splice, cfg: AttributionConfig, per_part: dict[str, Parts], 
 def _gradient_method(model: Model, splice: Splice, batch: Batch, metric: Metric, cfg: AttributionConfig,
                      rules: LRPConfig | None, progress: bool) -> Attribution:
     base_ids, src_ids = batch.roles(cfg.direction)
-    src_parts, src_logits = _capture(model, splice, src_ids, metric, sparse=splice.sparse)
-    m_src = _check_metric(metric(src_logits, batch).detach(), len(batch), "source")
+    src_parts, src_logits = capture(model, splice, src_ids, metric, sparse=splice.sparse)
+    m_src = check_metric(metric(src_logits, batch).detach(), len(batch), "source")
     leaves: dict[str, Parts] = {}
     edit = splice.sparse_leaf_edit(leaves, src_parts) if splice.sparse else splice.leaf_edit(leaves)
     with apply_rules(model, rules) if rules is not None else nullcontext():
         logits = run(model, base_ids, edit, splice.submodules, logits_to_keep=logits_kept(metric))
-    m_base = _check_metric(metric(logits, batch), len(batch), "base")
+    m_base = check_metric(metric(logits, batch), len(batch), "base")
     flat = [(name, part, t) for name, parts in leaves.items() for part, t in parts.items()]
     grads = torch.autograd.grad(m_base.sum(), [t.values if isinstance(t, SparseLeaf) else t for _, _, t in flat],
                                 allow_unused=True)
@@ -204,7 +185,7 @@ def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
                 return splice.patched(s, x, base_rep, leaves)
 
             logits = run(model, _expand(base_ids, len(a)), edit, [sub], logits_to_keep=logits_kept(metric))
-            m = _check_metric(metric(logits, batch.repeat(len(a))), len(a) * n, "interpolated")
+            m = check_metric(metric(logits, batch.repeat(len(a))), len(a) * n, "interpolated")
             keys = list(leaves)
             grads = torch.autograd.grad(m.sum(), [leaves[k] for k in keys])
             for k, g in zip(keys, grads, strict=True):
@@ -217,54 +198,6 @@ def ig(model, splice, batch, metric, cfg, progress=False) -> Attribution:
 
 # --------------------------------------------------------------------------------------------------
 # AP: the exact effect of patching one node, many nodes per forward
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One intervention of activation patching: a node of ``submodule`` — feature ``feature`` of its
-    dictionary, its error term (part ``"err"``) or, with ``feature`` None, the part's whole vector (a component
-    output) — set to its source-run value at every position of ``positions`` at once, in the examples
-    ``examples`` of the batch (``None``: every example). An example left out scores exactly 0: leave out only
-    examples in which the node has the same value in both runs."""
-
-    submodule: str
-    part: str
-    feature: int | None
-    positions: tuple[int, ...]
-    examples: tuple[int, ...] | None = None
-
-
-@dataclass
-class Runs:
-    """A batch's two unpatched runs: the base ids, every submodule's parts on each run, the metric on each."""
-
-    base_ids: torch.Tensor
-    base_parts: dict[str, Parts]
-    source_parts: dict[str, Parts]
-    metric_base: torch.Tensor
-    metric_source: torch.Tensor
-
-
-@dataclass
-class PatchEffects:
-    """``effects[j, b]``: m(base run of example b with patch j) − m(base run of b); exactly 0 where patch j
-    leaves example b out. ``rows``: patched sequences run (one per patch and example it covers)."""
-
-    effects: torch.Tensor
-    metric_base: torch.Tensor
-    metric_source: torch.Tensor
-    rows: int
-    forwards: int
-
-
-def both_runs(model: Model, splice: Splice, batch: Batch, metric: Metric, cfg: AttributionConfig) -> Runs:
-    """The base and source forwards (no gradient), every submodule's parts captured densely."""
-    base_ids, src_ids = batch.roles(cfg.direction)
-    base_parts, base_logits = _capture(model, splice, base_ids, metric)
-    src_parts, src_logits = _capture(model, splice, src_ids, metric)
-    m_base = _check_metric(metric(base_logits, batch), len(batch), "base")
-    m_src = _check_metric(metric(src_logits, batch), len(batch), "source")
-    return Runs(base_ids, base_parts, src_parts, m_base, m_src)
 
 
 def _ap_nodes(splice: Splice, sub: Submodule, delta: Parts) -> list[tuple[str, int, int | None]]:
@@ -283,7 +216,8 @@ def _changed_positions(delta: torch.Tensor) -> list[int]:
 
 
 def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
-    """Every node that moves patched on its own, in every example (see :func:`patch_effects`)."""
+    """Every node that moves patched on its own, in every example
+    (see :func:`featurecircuits.patching.patch_effects`)."""
     runs = both_runs(model, splice, batch, metric, cfg)
     deltas = {s.name: {k: runs.source_parts[s.name][k] - v for k, v in runs.base_parts[s.name].items()}
               for s in splice.submodules}
@@ -291,137 +225,10 @@ def ap(model, splice, batch, metric, cfg, progress=False) -> Attribution:
                     for k, v in runs.base_parts[s.name].items()} for s in splice.submodules}
     patches = [Patch(sub.name, part, i, (t,)) for sub in splice.submodules
                for part, t, i in _ap_nodes(splice, sub, deltas[sub.name])]
-    for p, effect in zip(patches, _run_patches(model, splice, batch, metric, cfg, runs, patches, progress).effects,
+    for p, effect in zip(patches, run_patches(model, splice, batch, metric, cfg, runs, patches, progress).effects,
                          strict=True):
         out[p.submodule][p.part][(slice(None), p.positions[0], *(() if p.feature is None else (p.feature,)))] = effect
     return _finish(splice, cfg, out, runs.metric_base, runs.metric_source, deltas, {}, runs.base_parts)
-
-
-def patch_effects(model: Model, splice: Splice, batch: Batch, cfg: AttributionConfig, patches: list[Patch],
-                  metric: Metric = logit_diff, *, runs: Runs | None = None, progress: bool = False) -> PatchEffects:
-    """The exact effect of each patch on the metric (AP of a chosen set of nodes, or of nodes patched at several
-    positions at once), in ``cfg``'s direction. Patches are run as copies of their examples, up to
-    ``cfg.max_batch`` sequences per forward; those whose first patched position is t run only from t on, over
-    the base run's cached prefix (``cfg.reuse_prefix``, when the metric declares the positions it reads).
-    ``runs``: the batch's unpatched runs when the caller has them (:func:`both_runs` with ``splice``). A metric
-    given patches that leave examples out receives the sub-batch of the examples run (it must score each
-    example on its own, as the logit difference does)."""
-    batch = batch.to(model.device)
-    runs = runs if runs is not None else both_runs(model, splice, batch, metric, cfg)
-    known = {s.name for s in splice.submodules}
-    for p in patches:
-        if p.submodule not in known or not p.positions or p.part not in runs.base_parts[p.submodule]:
-            raise ValueError(f"bad patch {p}: patches need one of the splice's submodules ({', '.join(known)}), a "
-                             f"part it has and at least one position")
-    return _run_patches(model, splice, batch, metric, cfg, runs, patches, progress)
-
-
-def _run_patches(model, splice, batch, metric, cfg, runs: Runs, patches, progress) -> PatchEffects:
-    """Patches grouped by their first position, each group run
-    from there on over the prefix cache, in chunks of at most ``cfg.max_batch`` sequences (at least one patch)."""
-    n, T = len(batch), batch.n_tokens
-    effects = torch.zeros(len(patches), n, dtype=runs.metric_base.dtype, device=runs.metric_base.device)
-    by_pos: dict[int, list[int]] = {}
-    for j, p in enumerate(patches):
-        by_pos.setdefault(min(p.positions), []).append(j)
-    keep = logits_kept(metric)
-    rows = forwards = 0
-    for t in tqdm(sorted(by_pos), desc="AP positions", disable=not progress):
-        start = min(t, T - keep) if keep and cfg.reuse_prefix else 0  # the first position that is run
-        cache = _prefix_cache(model, runs.base_ids[:, :start]) if start > 0 else None
-        widths = [n if patches[j].examples is None else len(patches[j].examples) for j in by_pos[t]]
-        for chunk in _chunks(by_pos[t], widths, cfg.max_batch):
-            m, ex, owner = _patched_metric(model, splice, batch, metric, runs, cache, [patches[j] for j in chunk],
-                                           start)
-            effects[torch.tensor(chunk, device=ex.device)[owner], ex] = m - runs.metric_base[ex]
-            rows, forwards = rows + len(ex), forwards + 1
-    return PatchEffects(effects, runs.metric_base, runs.metric_source, rows, forwards)
-
-
-def _chunks(items: list[int], widths: list[int], limit: int):
-    """Consecutive runs of ``items`` whose widths add up to at most ``limit`` (at least one item each)."""
-    chunk, size = [], 0
-    for item, width in zip(items, widths, strict=True):
-        if chunk and size + width > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += width
-    if chunk:
-        yield chunk
-
-
-def _prefix_cache(model: Model, prefix_ids: torch.Tensor):
-    """The key/value cache of the unpatched prefix."""
-    with torch.no_grad():
-        out = model.hf(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
-    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-
-
-def _cache_argument(model: Model) -> str:
-    """The name under which the model's forward takes a cache (``cache`` in transformers 5)."""
-    return "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
-
-
-def _shifts(splice: Splice, runs: Runs, chunk: list[Patch], examples: list[torch.Tensor], start: int) -> dict:
-    """submodule → [(rows, positions from ``start``, shift)]: what each patch adds to its rows of the copies
-    (rows of copy j: that patch's examples), computed for every patch of a (submodule, part, positions) at once."""
-    groups: dict[tuple, list[tuple[torch.Tensor, torch.Tensor, int | None]]] = {}
-    offset = 0
-    for p, ex in zip(chunk, examples, strict=True):
-        rows = torch.arange(offset, offset + len(ex), device=ex.device)
-        groups.setdefault((p.submodule, p.part, p.positions, p.feature is None), []).append((rows, ex, p.feature))
-        offset += len(ex)
-    by_name = {s.name: s for s in splice.submodules}
-    shifts: dict[str, list] = {}
-    for (name, part, positions, whole), members in groups.items():
-        rows, ex = torch.cat([r for r, _, _ in members]), torch.cat([e for _, e, _ in members])
-        pos = torch.tensor(positions, device=ex.device)
-        at = (ex[:, None], pos[None, :])
-        base = {key: v[at] for key, v in runs.base_parts[name].items()}  # (R, P, …)
-        new = {key: v.clone() for key, v in base.items()}
-        src = runs.source_parts[name][part][at]
-        if whole:
-            new[part] = src
-        else:
-            feats = torch.cat([torch.full((len(r),), f, device=ex.device) for r, _, f in members])
-            r = torch.arange(len(ex), device=ex.device)
-            new[part][r, :, feats] = src[r, :, feats]
-        sub = by_name[name]
-        shifts.setdefault(name, []).append((rows, pos - start, splice.compose(sub, new) - splice.compose(sub, base)))
-    return shifts
-
-
-def _patched_metric(model, splice, batch, metric, runs: Runs, cache, chunk: list[Patch], start: int):
-    """(metric of every patched copy, the example each copy is, the patch of the chunk it carries): patch j's
-    copies of its examples, stacked, run from position ``start`` on over ``cache``."""
-    n = len(batch)
-    everyone = torch.arange(n, device=runs.base_ids.device)
-    examples = [everyone if p.examples is None else torch.tensor(p.examples, device=everyone.device) for p in chunk]
-    ex = torch.cat(examples)
-    owner = torch.cat([torch.full((len(e),), j, device=ex.device) for j, e in enumerate(examples)])
-    shifts = _shifts(splice, runs, chunk, examples, start)
-
-    def edit(s, x):
-        if s.name not in shifts:
-            return None
-        x = x.clone()
-        for rows, pos, shift in shifts[s.name]:
-            x[rows[:, None], pos[None, :]] += shift
-        return x
-
-    kwargs = {}
-    if cache is not None:
-        tiled = copy.deepcopy(cache)
-        tiled.batch_select_indices(ex)
-        kwargs = {_cache_argument(model): tiled, "use_cache": True}
-    subs = [s for s in splice.submodules if s.name in shifts]
-    rows_batch = batch.repeat(len(chunk)) if all(p.examples is None for p in chunk) else batch[ex]
-    with torch.no_grad():
-        logits = run(model, runs.base_ids[ex][:, start:], edit, subs, logits_to_keep=logits_kept(metric),
-                     forward_kwargs=kwargs)
-        m = _check_metric(metric(logits, rows_batch), len(ex), "patched")
-    return m, ex, owner
 
 
 def implementation(name: str) -> Callable[..., Attribution]:

@@ -181,6 +181,10 @@ class Model:
     def envoy(self, sub: Submodule):
         return _get(self.nn, sub.path)
 
+    def layer_envoy(self, layer: int):
+        """Decoder layer ``layer`` as nnsight sees it."""
+        return _get(self.nn, f"{self.family.layers}.{layer}")
+
     def activation_name(self) -> str:
         for key in self.family.act_config_keys:
             value = getattr(self.config, key, None)

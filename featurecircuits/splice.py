@@ -191,13 +191,19 @@ class Splice:
 
 
 def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: list[Submodule], *,
-        logits_to_keep: int = 0, forward_kwargs: dict | None = None) -> torch.Tensor:
+        logits_to_keep: int = 0, forward_kwargs: dict | None = None,
+        skip: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """One forward pass through nnsight; ``edit`` sees each submodule's output in execution order and
     may return a replacement. Returns the logits — of the last ``logits_to_keep`` positions only when it
-    is positive (the unembedding of a large vocabulary at every position is most of a forward)."""
+    is positive (the unembedding of a large vocabulary at every position is most of a forward).
+    ``skip=(l, h)``: decoder layers below ``l`` are not run and layer ``l`` is fed ``h`` (the hidden state
+    that layer ``l - 1`` outputs, e.g. cached from an unpatched run); ``edit`` then only sees submodules
+    of layer ``l`` and above."""
     kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
     kwargs.update(forward_kwargs or {})  # e.g. past_key_values: run a prompt's suffix over a cached prefix
     with model.nn.trace(input_ids=input_ids, **kwargs):
+        for layer in range(skip[0] if skip is not None else 0):
+            model.layer_envoy(layer).skip(skip[1])  # only the last one's output is read, by layer l
         if edit is not None:
             for sub in submodules:
                 envoy = model.envoy(sub)

@@ -19,13 +19,13 @@ import featurecircuits as fc
 VOCAB = 40
 
 
-def _configs() -> dict[str, object]:
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+def _configs(layers: int = 2) -> dict[str, object]:
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=64)
     gqa = dict(common, num_key_value_heads=2)
     return {
         "gpt_neox": tr.GPTNeoXConfig(**common, rotary_pct=0.25, use_parallel_residual=True),
-        "gpt2": tr.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        "gpt2": tr.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
                               bos_token_id=0, eos_token_id=0),
         "llama": tr.LlamaConfig(**gqa),
         "qwen2": tr.Qwen2Config(**gqa),
@@ -38,9 +38,9 @@ def _configs() -> dict[str, object]:
 FAMILY_NAMES = list(_configs())
 
 
-def tiny_hf(family: str, seed: int = 0):
+def tiny_hf(family: str, seed: int = 0, layers: int = 2):
     torch.manual_seed(seed)
-    config = _configs()[family]
+    config = _configs(layers)[family]
     model = tr.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     # Random init leaves RMSNorm/LayerNorm weights at their constants; perturb them so that rules
     # which involve the norm weight are really exercised.
@@ -52,8 +52,8 @@ def tiny_hf(family: str, seed: int = 0):
     return model.eval()
 
 
-def tiny_model(family: str = "gpt_neox", seed: int = 0) -> fc.Model:
-    return fc.load_model(tiny_hf(family, seed))
+def tiny_model(family: str = "gpt_neox", seed: int = 0, layers: int = 2) -> fc.Model:
+    return fc.load_model(tiny_hf(family, seed, layers))
 
 
 def random_batch(n: int = 3, t: int = 6, seed: int = 1) -> fc.Batch:

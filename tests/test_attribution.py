@@ -242,7 +242,7 @@ def test_ap_over_a_cached_prefix_equals_ap_over_the_whole_prompt(family):
 def test_ap_skips_nodes_that_do_not_change_and_scores_them_exactly_zero(monkeypatch):
     """Before the prompts first differ every activation is the same in both runs: AP is exactly 0 there and
     no patched forward is run for it; at feature level the same holds for error nodes."""
-    import featurecircuits.attribution as A
+    import featurecircuits.patching as A
 
     model = tiny_model()
     b = random_batch(n=2, t=6)

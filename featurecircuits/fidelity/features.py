@@ -15,7 +15,7 @@ and resumable), plus every active error node. When K is at least the number of a
 nothing is drawn and the nodes are exactly the exhaustive ones.
 
 AP patches one node at one position, in each pair where it is active and moves (row-packed copies of those
-pairs, run from the patched position on over the cached prefix: :func:`featurecircuits.attribution.patch_effects`).
+pairs, run from the patched position and layer on: :func:`featurecircuits.patching.patch_effects`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution import Patch, Runs, attribute_splice, both_runs, patch_effects
+from ..attribution import attribute_splice
 from ..config import AttributionConfig
 from ..data import Batch, logit_diff
 from ..models import Model
+from ..patching import Patch, Runs, both_runs, patch_effects
 from ..registry import KINDS as SUBMODULE_KINDS
 from ..sparse import dense
 from ..splice import Splice

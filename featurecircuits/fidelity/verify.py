@@ -27,11 +27,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution import Patch, both_runs, patch_effects
 from ..config import AttributionConfig
 from ..data import Metric, logit_diff
 from ..models import Model
 from ..nodes import NodeRef
+from ..patching import Patch, both_runs, patch_effects
 from ..scoring import node_values, score_nodes
 from ..splice import Splice
 from ..tasks import as_batches

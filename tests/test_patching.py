@@ -1,0 +1,71 @@
+"""The activation-patching engine: copies run from their patch's layer up give the effects of running every
+layer, and run only the layers above their patch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import featurecircuits as fc
+from featurecircuits.patching import Patch, both_runs, patch_effects
+from featurecircuits.splice import Splice
+from tests.conftest import random_batch, random_dictionaries, tiny_model
+
+
+def _assert_same_ap(fast, full):
+    scale = float(full.metric_base.abs().max())
+    for sub in full.submodules:
+        assert torch.allclose(fast.scores[sub], full.scores[sub], atol=1e-5 * scale, rtol=0), sub
+        if sub in full.error_scores:
+            assert torch.allclose(fast.error_scores[sub], full.error_scores[sub], atol=1e-5 * scale, rtol=0), sub
+    assert max(float(full.scores[s].abs().max()) for s in full.submodules) > 1e-3 * scale
+
+
+def test_ap_from_each_patch_layer_equals_ap_through_every_layer(family):
+    """Every family, over the prefix cache and without it, in one forward per position and in chunks of a few
+    copies: starting each copy at its patch's layer changes AP only by float32 rounding."""
+    model = tiny_model(family, layers=4)
+    batch = random_batch(n=3, t=7)
+    dicts = random_dictionaries(model) if family in ("gpt_neox", "llama") else None
+    for options in ({}, {"reuse_prefix": False}, {"max_batch": 5}):
+        fast = fc.attribute(model, batch, method="ap", dictionaries=dicts, **options)
+        full = fc.attribute(model, batch, method="ap", dictionaries=dicts, reuse_layers=False, **options)
+        _assert_same_ap(fast, full)
+
+
+def test_copies_as_many_as_tokens_keep_their_position_tensors_whole(family):
+    """Layers get per-position arguments (rotary tables, cache positions) beside the per-copy ones; a chunk of
+    exactly as many copies as tokens must narrow only the per-copy ones."""
+    model = tiny_model(family, layers=3)
+    batch = random_batch(n=1, t=6)
+    options = dict(method="ap", reuse_prefix=False, max_batch=6)
+    _assert_same_ap(fc.attribute(model, batch, **options), fc.attribute(model, batch, reuse_layers=False, **options))
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_each_copy_runs_only_the_layers_from_its_patch_up(reuse_prefix):
+    """Rows counted at each layer's MLP while the patches run: a copy enters at its patch's layer."""
+    model = tiny_model("llama", layers=4)
+    batch = random_batch(n=2, t=5)
+    splice = Splice(model)
+    cfg = fc.AttributionConfig(method="ap", reuse_prefix=reuse_prefix).resolve(model.family.name)
+    runs = both_runs(model, splice, batch, fc.logit_diff, cfg)
+    patches = [Patch(s.name, "act", None, (3,)) for s in model.submodules]  # embed, then attn/mlp/resid per layer
+    patch_effects(model, splice, batch, cfg, patches, runs=runs)  # records the base run's hidden states once
+    seen = [0] * model.n_layers
+    hooks = [model.layer_module(layer, "mlp").register_forward_hook(
+        lambda _m, _i, out, layer=layer: seen.__setitem__(layer, seen[layer] + out.shape[0]))
+        for layer in range(model.n_layers)]
+    try:
+        got = patch_effects(model, splice, batch, cfg, patches, runs=runs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    firsts = [max(model.submodule(p.submodule).layer, 0) for p in patches]
+    prefix_rows = len(batch) if reuse_prefix else 0  # the prefix cache's own forward runs every layer
+    assert seen == [prefix_rows + len(batch) * sum(f <= layer for f in firsts) for layer in range(model.n_layers)]
+    assert got.row_layers == len(batch) * sum(model.n_layers - f for f in firsts)
+    assert got.forwards == 1 and got.rows == len(batch) * len(patches)
+    full = patch_effects(model, splice, batch, cfg.with_(reuse_layers=False), patches, runs=runs)
+    assert full.row_layers == len(batch) * len(patches) * model.n_layers
+    assert torch.allclose(got.effects, full.effects, atol=1e-5 * float(runs.metric_base.abs().max()), rtol=0)
