@@ -26,8 +26,10 @@ def test_ap_from_each_patch_layer_equals_ap_through_every_layer(family):
     copies: starting each copy at its patch's layer changes AP only by float32 rounding."""
     model = tiny_model(family, layers=4)
     batch = random_batch(n=3, t=7)
-    dicts = random_dictionaries(model) if family in ("gpt_neox", "llama") else None
-    for options in ({}, {"reuse_prefix": False}, {"max_batch": 5}):
+    runs = [(None, {}), (None, {"reuse_prefix": False}), (None, {"max_batch": 5})]
+    if family in ("gpt_neox", "llama"):  # features and error nodes too
+        runs.append((random_dictionaries(model, size=16), {}))
+    for dicts, options in runs:
         fast = fc.attribute(model, batch, method="ap", dictionaries=dicts, **options)
         full = fc.attribute(model, batch, method="ap", dictionaries=dicts, reuse_layers=False, **options)
         _assert_same_ap(fast, full)
