@@ -9,7 +9,8 @@ and patches in the patch input's activations: Δ = a(patch) − a(clean), AP = m
 m(clean). "denoising" swaps the roles. The metric and direction are the same for every method.
 
 Cost: AtP and RelP take 2 forwards + 1 backward for all submodules together; IG takes N forwards and
-backwards per submodule (batched along α); AP one forward per node (batched along the batch dimension).
+backwards per submodule (batched along α); AP one patched copy per node and example, many stacked per
+forward, each run from its position and layer on (:mod:`featurecircuits.patching`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from .config import AttributionConfig, LRPConfig
 from .data import Batch, Metric, logit_diff, logits_kept
 from .lrp import apply_rules
 from .models import Model, Submodule
-from .patching import Patch, both_runs, capture, check_metric, run_patches
+from .patching import Patch, PatchEffects, Runs, both_runs, capture, check_metric, patch_effects, run_patches
+
+# the activation-patching engine moved to featurecircuits.patching; these names stay importable from here
+__all__ = ["Attribution", "Patch", "PatchEffects", "Runs", "ap", "atp", "attribute", "attribute_splice",
+           "both_runs", "ig", "implementation", "patch_effects", "pearson", "relp"]
 from .registry import method_info
 from .sparse import coo, total
 from .sparse import values as stored_values

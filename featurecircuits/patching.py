@@ -131,8 +131,8 @@ def run_patches(model, splice, batch, metric, cfg, runs: Runs, patches: list[Pat
         members = sorted(members, key=lambda j: layer_of[patches[j].submodule])  # stable
         widths = [n if patches[j].examples is None else len(patches[j].examples) for j in members]
         plans[t] = list(_chunks(members, widths, cfg.max_batch))
-    firsts = {layer_of[p.submodule] for p in patches}
-    _keep_hidden(model, runs, set(range(min(firsts, default=0) - 1, max(firsts, default=0))) - {-1})
+    layers = [layer_of[p.submodule] for p in patches] or [0]
+    _keep_hidden(model, runs, range(max(min(layers) - 1, 0), max(layers)))  # what the skips and joins read
     keep = logits_kept(metric)
     rows = forwards = row_layers = 0
     for t in tqdm(sorted(plans), desc="AP positions", disable=not progress):
@@ -143,8 +143,8 @@ def run_patches(model, splice, batch, metric, cfg, runs: Runs, patches: list[Pat
             m, ex, owner = _patched_metric(model, splice, batch, metric, runs, cache, chunk_patches, start,
                                            [layer_of[p.submodule] for p in chunk_patches])
             effects[torch.tensor(chunk, device=ex.device)[owner], ex] = m - runs.metric_base[ex]
-            firsts = torch.tensor([layer_of[p.submodule] for p in chunk_patches])[owner.cpu()]
-            rows, forwards, row_layers = rows + len(ex), forwards + 1, row_layers + int((model.n_layers - firsts).sum())
+            joins = torch.tensor([layer_of[p.submodule] for p in chunk_patches])[owner.cpu()]
+            rows, forwards, row_layers = rows + len(ex), forwards + 1, row_layers + int((model.n_layers - joins).sum())
     return PatchEffects(effects, runs.metric_base, runs.metric_source, rows, forwards, row_layers)
 
 
@@ -161,15 +161,18 @@ def _chunks(items: list[int], widths: list[int], limit: int):
         yield chunk
 
 
-def _keep_hidden(model: Model, runs: Runs, layers: set[int]) -> None:
+def _keep_hidden(model: Model, runs: Runs, layers) -> None:
     """Record decoder layers' outputs on the base run in ``runs.hidden`` (one forward for all missing ones)."""
-    missing = sorted(layers - set(runs.hidden))
+    missing = sorted(set(layers) - set(runs.hidden))
     if not missing:
         return
     saved = {}
     with torch.no_grad(), model.nn.trace(input_ids=runs.base_ids, logits_to_keep=1):
         for layer in missing:  # in execution order
             saved[layer] = model.layer_envoy(layer).output.save()
+    if any(not isinstance(h, torch.Tensor) for h in saved.values()):  # transformers before 5 returned tuples
+        raise RuntimeError("this transformers version's decoder layers do not return a tensor; upgrade "
+                           "transformers or run AP with AttributionConfig(reuse_layers=False)")
     runs.hidden.update(saved)
 
 
@@ -235,13 +238,19 @@ def _patched_metric(model, splice, batch, metric, runs: Runs, cache, chunk: list
         return x
 
     joins = torch.tensor(firsts)[owner.cpu()]  # each copy's first layer, non-decreasing
-    if cache is not None and len(getattr(cache, "layers", ())) != model.n_layers:
+    per_layer = cache is None or len(getattr(cache, "layers", ())) == model.n_layers
+    if not per_layer:
         joins[:] = joins[0]  # a cache without per-layer storage: every copy runs from the chunk's lowest layer
     active = {layer: int((joins <= layer).sum()) for layer in range(int(joins[0]), model.n_layers)}
-    kwargs = {}
+    kwargs = {"use_cache": False}  # keys and values of the copies are never read again
     if cache is not None:
-        kwargs = {_cache_argument(model): _tiled(cache, ex, active), "use_cache": True}
-    base = lambda layer, rows: _rows(runs.hidden[layer], ex[rows], start)  # noqa: E731
+        kwargs = {_cache_argument(model): _tiled(cache, ex.cpu(), active, per_layer), "use_cache": True}
+
+    def base(layer: int, rows: slice) -> torch.Tensor:
+        """The unpatched run's layer-``layer`` output for copies ``rows``, from position ``start`` on."""
+        h = runs.hidden[layer]
+        return h[ex[rows].to(h.device)][:, start:]
+
     skip = (int(joins[0]), base(int(joins[0]) - 1, slice(None))) if joins[0] > 0 else None
     subs = [s for s in splice.submodules if s.name in shifts]
     rows_batch = batch.repeat(len(chunk)) if all(p.examples is None for p in chunk) else batch[ex]
@@ -252,34 +261,28 @@ def _patched_metric(model, splice, batch, metric, runs: Runs, cache, chunk: list
     return m, ex, owner
 
 
-def _rows(h, ex: torch.Tensor, start: int):
-    """Rows ``ex`` of a layer output (as the layer returns it: a tensor, or a tuple in older transformers)
-    from position ``start`` on."""
-    if isinstance(h, tuple):
-        return (_rows(h[0], ex, start),)
-    return h[ex.to(h.device)][:, start:]
-
-
-def _tiled(cache, ex: torch.Tensor, active: dict[int, int]):
-    """The prefix cache with rows ``ex``; each layer's only for the copies that run it (``active[l]`` first)."""
+def _tiled(cache, ex: torch.Tensor, active: dict[int, int], per_layer: bool):
+    """The prefix cache with rows ``ex``; with ``per_layer``, each layer's only for the copies that run it
+    (the first ``active[l]``)."""
     tiled = copy.deepcopy(cache)
-    if any(k < len(ex) for k in active.values()) or min(active) > 0:
-        for layer, held in enumerate(tiled.layers):
-            held.batch_select_indices(ex[:max(active.get(layer, 0), 1)])  # a skipped layer's is never read
-    else:
+    if not per_layer:
         tiled.batch_select_indices(ex)
+        return tiled
+    for layer, held in enumerate(tiled.layers):
+        # a skipped layer's keys are never read, but their length is (position ids, mask sizes): keep one row
+        held.batch_select_indices(ex[:max(active.get(layer, 0), 1)])
     return tiled
 
 
-def _take(value, k: int, rows: int):
+def narrowed(value, k: int, rows: int):
     """``value`` (a layer's argument) restricted to the first ``k`` of ``rows`` sequences: tensors of two or
     more dimensions that are batch-first, inside tuples, lists and dicts too."""
     if isinstance(value, torch.Tensor):
         return value[:k] if value.ndim >= 2 and value.shape[0] == rows else value
     if isinstance(value, (tuple, list)):
-        return type(value)(_take(v, k, rows) for v in value)
+        return type(value)(narrowed(v, k, rows) for v in value)
     if isinstance(value, dict):
-        return {key: _take(v, k, rows) for key, v in value.items()}
+        return {key: narrowed(v, k, rows) for key, v in value.items()}
     return value
 
 
@@ -294,13 +297,10 @@ def _joining(model: Model, active: dict[int, int], rows: int, base):
         module = model.layer_module(layer)
 
         def narrow(_, args, kwargs, k=k):
-            return _take(args, k, rows), _take(kwargs, k, rows)
+            return narrowed(args, k, rows), narrowed(kwargs, k, rows)
 
         def widen(_, args, kwargs, out, k=k, layer=layer):
-            rest = base(layer, slice(k, None))
-            if isinstance(out, tuple):
-                return (torch.cat([out[0], rest[0]]), *out[1:])
-            return torch.cat([out, rest])
+            return torch.cat([out, base(layer, slice(k, None))])
 
         handles += [module.register_forward_pre_hook(narrow, with_kwargs=True),
                     module.register_forward_hook(widen, with_kwargs=True)]

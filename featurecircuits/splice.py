@@ -197,8 +197,11 @@ def run(model: Model, input_ids: torch.Tensor, edit: Edit | None, submodules: li
     may return a replacement. Returns the logits — of the last ``logits_to_keep`` positions only when it
     is positive (the unembedding of a large vocabulary at every position is most of a forward).
     ``skip=(l, h)``: decoder layers below ``l`` are not run and layer ``l`` is fed ``h`` (the hidden state
-    that layer ``l - 1`` outputs, e.g. cached from an unpatched run); ``edit`` then only sees submodules
-    of layer ``l`` and above."""
+    that layer ``l - 1`` outputs, e.g. cached from an unpatched run); ``submodules`` must then all lie in
+    layer ``l`` or above (nnsight would wait for a module that never runs)."""
+    if skip is not None and any(s.layer < skip[0] for s in submodules):
+        below = [s.name for s in submodules if s.layer < skip[0]]
+        raise ValueError(f"run(skip=({skip[0]}, …)) would skip the layers of {', '.join(below)}")
     kwargs = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
     kwargs.update(forward_kwargs or {})  # e.g. past_key_values: run a prompt's suffix over a cached prefix
     with model.nn.trace(input_ids=input_ids, **kwargs):

@@ -38,9 +38,13 @@ def _configs(layers: int = 2) -> dict[str, object]:
 FAMILY_NAMES = list(_configs())
 
 
-def tiny_hf(family: str, seed: int = 0, layers: int = 2):
+def tiny_hf(family: str, seed: int = 0, layers: int = 2, **config):
+    """A tiny randomly initialised model of ``family``; ``config``: attributes set on its config (e.g.
+    ``sliding_window``)."""
     torch.manual_seed(seed)
-    config = _configs(layers)[family]
+    config, changes = _configs(layers)[family], config
+    for key, value in changes.items():
+        setattr(config, key, value)
     model = tr.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     # Random init leaves RMSNorm/LayerNorm weights at their constants; perturb them so that rules
     # which involve the norm weight are really exercised.
@@ -52,8 +56,8 @@ def tiny_hf(family: str, seed: int = 0, layers: int = 2):
     return model.eval()
 
 
-def tiny_model(family: str = "gpt_neox", seed: int = 0, layers: int = 2) -> fc.Model:
-    return fc.load_model(tiny_hf(family, seed, layers))
+def tiny_model(family: str = "gpt_neox", seed: int = 0, layers: int = 2, **config) -> fc.Model:
+    return fc.load_model(tiny_hf(family, seed, layers, **config))
 
 
 def random_batch(n: int = 3, t: int = 6, seed: int = 1) -> fc.Batch:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import featurecircuits as fc
-from featurecircuits.patching import Patch, both_runs, patch_effects
+from featurecircuits.patching import Patch, both_runs, narrowed, patch_effects
 from featurecircuits.splice import Splice
 from tests.conftest import random_batch, random_dictionaries, tiny_model
 
@@ -35,13 +35,43 @@ def test_ap_from_each_patch_layer_equals_ap_through_every_layer(family):
         _assert_same_ap(fast, full)
 
 
-def test_copies_as_many_as_tokens_keep_their_position_tensors_whole(family):
-    """Layers get per-position arguments (rotary tables, cache positions) beside the per-copy ones; a chunk of
-    exactly as many copies as tokens must narrow only the per-copy ones."""
-    model = tiny_model(family, layers=3)
-    batch = random_batch(n=1, t=6)
-    options = dict(method="ap", reuse_prefix=False, max_batch=6)
-    _assert_same_ap(fc.attribute(model, batch, **options), fc.attribute(model, batch, reuse_layers=False, **options))
+@pytest.mark.parametrize("family, config", [("llama", {}), ("gemma2", {"sliding_window": 3}),
+                                            ("gpt2", {})])
+def test_copies_of_chosen_examples_and_positions_join_at_their_layer(family, config):
+    """Patches in no particular layer order, each of its own examples (so copies are not one repeated batch)
+    and some at two positions, over a prefix longer than Gemma's sliding window: the effects of running every
+    layer, to float32 rounding."""
+    model = tiny_model(family, layers=4, **config)
+    batch = random_batch(n=4, t=9, seed=3)
+    splice = Splice(model)
+    cfg = fc.AttributionConfig(method="ap").resolve(model.family.name)
+    runs = both_runs(model, splice, batch, fc.logit_diff, cfg)
+    subs = list(reversed(model.submodules))  # highest layer first
+    patches = [Patch(s.name, "act", None, positions, examples)
+               for i, s in enumerate(subs)
+               for positions, examples in (((5,), (i % 4, (i + 1) % 4)), ((4, 6), ((i + 2) % 4,)), ((6,), None))]
+    fast = patch_effects(model, splice, batch, cfg, patches, runs=runs)
+    full = patch_effects(model, splice, batch, cfg.with_(reuse_layers=False), patches, runs=runs)
+    scale = float(full.effects.abs().max())
+    assert scale > 1e-3 * float(runs.metric_base.abs().max())
+    assert torch.allclose(fast.effects, full.effects, atol=1e-5 * scale, rtol=0)
+    assert fast.row_layers < full.row_layers and fast.rows == full.rows
+
+
+def test_layer_arguments_are_narrowed_only_where_they_are_per_copy():
+    """Decoder layers get per-copy tensors (hidden states, a materialised mask) and shared ones (rotary tables
+    and position ids with a batch dimension of 1, cache positions): only the per-copy ones are cut to the
+    copies that run the layer, wherever they sit in the arguments."""
+    rows, k = 6, 2
+    hidden, mask = torch.randn(rows, 6, 8), torch.zeros(rows, 1, 6, 9)
+    cos, ids, positions = torch.randn(1, 6, 4), torch.arange(6)[None], torch.arange(6)
+    args, kwargs = narrowed((hidden,), k, rows), narrowed(
+        {"attention_mask": mask, "position_embeddings": (cos, cos), "position_ids": ids, "cache_position": positions,
+         "use_cache": True, "masks": [mask]}, k, rows)
+    assert args[0].shape == (k, 6, 8) and torch.equal(args[0], hidden[:k])
+    assert kwargs["attention_mask"].shape == (k, 1, 6, 9) and kwargs["masks"][0].shape == (k, 1, 6, 9)
+    assert kwargs["position_embeddings"][0] is cos and kwargs["position_ids"] is ids
+    assert kwargs["cache_position"] is positions and kwargs["use_cache"] is True
 
 
 @pytest.mark.parametrize("reuse_prefix", [True, False])

@@ -111,3 +111,17 @@ def test_growth_columns_divide_by_tokens_times_l0():
     # tokens × L0 doubles: time grows 8×, i.e. 4× faster than tokens × L0; memory 4×, i.e. 2× faster
     assert rows[1]["time_per_tl0"] == pytest.approx(4.0) and rows[1]["excess_per_tl0"] == pytest.approx(2.0)
     assert rows[0]["time_per_tl0"] == 1.0 and rows[2]["excess_per_tl0"] is None
+
+
+@pytest.mark.organism
+def test_compare_benchmark_times_both_paths_and_finds_them_equal(tmp_path, capsys):
+    from benchmarks.compare import PATHS, main
+
+    out = tmp_path / "compare.json"
+    assert main(["--model", "organism", "--n", "4", "--batch-size", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["path"] for r in result["rows"]] == list(PATHS) and result["pairs"] == 4
+    assert result["rows"][0]["speed-up"] == 1.0 and all(r["seconds"] > 0 for r in result["rows"])
+    assert result["max_pcc_difference"] < 1e-5
+    assert 0 < result["max_ap_cell"] and result["max_ap_cell_difference"] <= 1e-5 * result["max_ap_cell"]
+    assert "speed-up" in capsys.readouterr().out
