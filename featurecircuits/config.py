@@ -159,7 +159,9 @@ class AttributionConfig:
     ig_rule: IGRule = "left"
     max_batch: int = 256  # sequences per forward for AP and IG
     reuse_prefix: bool = True  # AP runs patches at position t from t on, over the cached unpatched prefix
-    reuse_layers: bool = True  # AP runs patches of layer l from layer l up, over the unpatched run's hidden state
+    # AP runs patches of layer l from layer l up, over the unpatched run's hidden state (and cuts each prefix
+    # cache from one cache of the whole unpatched run where the cache allows it); False: every layer, as before
+    reuse_layers: bool = True
 
     def __post_init__(self):
         method_info(self.method)

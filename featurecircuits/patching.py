@@ -5,8 +5,9 @@ copy runs only the rest: from that position on over the key/value cache of the u
 (``AttributionConfig.reuse_prefix``) and from that layer up (``reuse_layers``). The copies of one forward are
 ordered by their first layer and join the batch there: decoder layer l runs only the copies whose patch lies
 at or below it, the others take the unpatched run's layer-l output, so a forward costs about the layers its
-rows run through rather than all layers for every row. Both give the effects of re-running the whole prompt
-through the whole model, to float32 rounding.
+rows run through rather than all layers for every row; and every prefix cache is cut from one cache of the
+whole base run where the cache allows it. All give the effects of re-running the whole prompt through the
+whole model, to float32 rounding.
 """
 
 from __future__ import annotations
@@ -134,10 +135,12 @@ def run_patches(model, splice, batch, metric, cfg, runs: Runs, patches: list[Pat
     layers = [layer_of[p.submodule] for p in patches] or [0]
     _keep_hidden(model, runs, range(max(min(layers) - 1, 0), max(layers)))  # what the skips and joins read
     keep = logits_kept(metric)
+    # copies from their layer on: every prefix cut from one cache of the whole base run where its layers allow
+    whole = _prefix_cache(model, runs.base_ids) if cfg.reuse_layers and cfg.reuse_prefix and keep else None
     rows = forwards = row_layers = 0
     for t in tqdm(sorted(plans), desc="AP positions", disable=not progress):
         start = min(t, T - keep) if keep and cfg.reuse_prefix else 0  # the first position that is run
-        cache = _prefix_cache(model, runs.base_ids[:, :start]) if start > 0 else None
+        cache = (_cut(whole, start) or _prefix_cache(model, runs.base_ids[:, :start])) if start > 0 else None
         for chunk in plans[t]:
             chunk_patches = [patches[j] for j in chunk]
             m, ex, owner = _patched_metric(model, splice, batch, metric, runs, cache, chunk_patches, start,
@@ -181,6 +184,22 @@ def _prefix_cache(model: Model, prefix_ids: torch.Tensor):
     with torch.no_grad():
         out = model.hf(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _cut(cache, length: int):
+    """``cache``'s first ``length`` positions, when every layer holds all positions as plain tensors (keys and
+    values of a causal model's first positions do not depend on later ones); else None (e.g. a sliding window,
+    which no longer holds the early positions)."""
+    layers = getattr(cache, "layers", None)
+    if cache is None or not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None
+    cut = copy.copy(cache)
+    cut.layers = []
+    for layer in layers:
+        part = copy.copy(layer)
+        part.keys, part.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+        cut.layers.append(part)
+    return cut
 
 
 def _cache_argument(model: Model) -> str:
