@@ -101,3 +101,25 @@ def test_each_copy_runs_only_the_layers_from_its_patch_up(reuse_prefix):
     full = patch_effects(model, splice, batch, cfg.with_(reuse_layers=False), patches, runs=runs)
     assert full.row_layers == len(batch) * len(patches) * model.n_layers
     assert torch.allclose(got.effects, full.effects, atol=1e-5 * float(runs.metric_base.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("family, config, forwards", [("llama", {}, 1), ("gemma2", {"sliding_window": 3}, 4)])
+def test_prefix_caches_are_cut_from_one_run_where_the_cache_allows(family, config, forwards, monkeypatch):
+    """Patches at three positions: one cache of the whole base run serves all three prefixes, unless sliding-window
+    layers have dropped the early positions (that cache is found unusable, then one prefix forward per position)."""
+    import featurecircuits.patching as patching
+
+    model = tiny_model(family, layers=3, **config)
+    batch = random_batch(n=2, t=8, seed=4)
+    splice = Splice(model)
+    cfg = fc.AttributionConfig(method="ap").resolve(model.family.name)
+    runs = both_runs(model, splice, batch, fc.logit_diff, cfg)
+    patches = [Patch(s.name, "act", None, (t,)) for t in (4, 5, 6) for s in model.submodules]
+    seen = []
+    real = patching._prefix_cache
+    monkeypatch.setattr(patching, "_prefix_cache", lambda m, ids: seen.append(ids.shape[1]) or real(m, ids))
+    fast = patch_effects(model, splice, batch, cfg, patches, runs=runs)
+    assert len(seen) == forwards
+    full = patch_effects(model, splice, batch, cfg.with_(reuse_layers=False), patches, runs=runs)
+    assert seen[forwards:] == [4, 5, 6]  # the every-layer path: one prefix forward per position, as before
+    assert torch.allclose(fast.effects, full.effects, atol=1e-5 * float(full.effects.abs().max()), rtol=0)
