@@ -64,7 +64,8 @@ class Patch:
 @dataclass
 class Runs:
     """A batch's two unpatched runs: the base ids, every submodule's parts on each run, the metric on each;
-    ``hidden[l]``: decoder layer l's output on the base run, kept once a patched copy starts above it."""
+    ``hidden[l]``: decoder layer l's output on the base run, kept once a patched copy starts above it, and
+    ``cache``: the base run's key/value cache, kept once prefixes are cut from it."""
 
     base_ids: torch.Tensor
     base_parts: dict[str, Parts]
@@ -72,6 +73,7 @@ class Runs:
     metric_base: torch.Tensor
     metric_source: torch.Tensor
     hidden: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    cache: object = field(default=None, repr=False)
 
 
 @dataclass
@@ -133,21 +135,22 @@ def run_patches(model, splice, batch, metric, cfg, runs: Runs, patches: list[Pat
         widths = [n if patches[j].examples is None else len(patches[j].examples) for j in members]
         plans[t] = list(_chunks(members, widths, cfg.max_batch))
     layers = [layer_of[p.submodule] for p in patches] or [0]
-    _keep_hidden(model, runs, range(max(min(layers) - 1, 0), max(layers)))  # what the skips and joins read
     keep = logits_kept(metric)
-    # copies from their layer on: every prefix cut from one cache of the whole base run where its layers allow
-    whole = _prefix_cache(model, runs.base_ids) if cfg.reuse_layers and cfg.reuse_prefix and keep else None
+    # what the skips and joins read and, copies run from their layer on, the cache every prefix is cut from
+    cut = cfg.reuse_layers and cfg.reuse_prefix and bool(keep)
+    _record_base(model, runs, range(max(min(layers) - 1, 0), max(layers)), cache=cut)
     rows = forwards = row_layers = 0
     for t in tqdm(sorted(plans), desc="AP positions", disable=not progress):
         start = min(t, T - keep) if keep and cfg.reuse_prefix else 0  # the first position that is run
-        cache = (_cut(whole, start) or _prefix_cache(model, runs.base_ids[:, :start])) if start > 0 else None
+        cache = None
+        if start > 0:
+            cache = (_cut(runs.cache, start) if cut else None) or _prefix_cache(model, runs.base_ids[:, :start])
         for chunk in plans[t]:
             chunk_patches = [patches[j] for j in chunk]
-            m, ex, owner = _patched_metric(model, splice, batch, metric, runs, cache, chunk_patches, start,
-                                           [layer_of[p.submodule] for p in chunk_patches])
+            m, ex, owner, ran = _patched_metric(model, splice, batch, metric, runs, cache, chunk_patches, start,
+                                                [layer_of[p.submodule] for p in chunk_patches])
             effects[torch.tensor(chunk, device=ex.device)[owner], ex] = m - runs.metric_base[ex]
-            joins = torch.tensor([layer_of[p.submodule] for p in chunk_patches])[owner.cpu()]
-            rows, forwards, row_layers = rows + len(ex), forwards + 1, row_layers + int((model.n_layers - joins).sum())
+            rows, forwards, row_layers = rows + len(ex), forwards + 1, row_layers + ran
     return PatchEffects(effects, runs.metric_base, runs.metric_source, rows, forwards, row_layers)
 
 
@@ -164,26 +167,35 @@ def _chunks(items: list[int], widths: list[int], limit: int):
         yield chunk
 
 
-def _keep_hidden(model: Model, runs: Runs, layers) -> None:
-    """Record decoder layers' outputs on the base run in ``runs.hidden`` (one forward for all missing ones)."""
+def _record_base(model: Model, runs: Runs, layers, *, cache: bool) -> None:
+    """Record decoder layers' outputs on the base run in ``runs.hidden`` and, with ``cache``, its key/value
+    cache in ``runs.cache``: one forward for whatever is missing."""
     missing = sorted(set(layers) - set(runs.hidden))
-    if not missing:
+    cache = cache and runs.cache is None
+    if not missing and not cache:
         return
     saved = {}
-    with torch.no_grad(), model.nn.trace(input_ids=runs.base_ids, logits_to_keep=1):
+    with torch.no_grad(), model.nn.trace(input_ids=runs.base_ids, logits_to_keep=1, use_cache=cache):
         for layer in missing:  # in execution order
             saved[layer] = model.layer_envoy(layer).output.save()
+        out = model.nn.output.save()
     if any(not isinstance(h, torch.Tensor) for h in saved.values()):  # transformers before 5 returned tuples
         raise RuntimeError("this transformers version's decoder layers do not return a tensor; upgrade "
                            "transformers or run AP with AttributionConfig(reuse_layers=False)")
     runs.hidden.update(saved)
+    if cache:
+        runs.cache = _returned_cache(out)
+
+
+def _returned_cache(out):
+    """The key/value cache a forward returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
 def _prefix_cache(model: Model, prefix_ids: torch.Tensor):
     """The key/value cache of the unpatched prefix."""
     with torch.no_grad():
-        out = model.hf(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
-    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return _returned_cache(model.hf(input_ids=prefix_ids, use_cache=True, logits_to_keep=1))
 
 
 def _cut(cache, length: int):
@@ -238,9 +250,10 @@ def _shifts(splice: Splice, runs: Runs, chunk: list[Patch], examples: list[torch
 
 def _patched_metric(model, splice, batch, metric, runs: Runs, cache, chunk: list[Patch], start: int,
                     firsts: list[int]):
-    """(metric of every patched copy, the example each copy is, the patch of the chunk it carries): patch j's
-    copies of its examples, stacked, run from position ``start`` on over ``cache`` and from decoder layer
-    ``firsts[j]`` up (non-decreasing along the chunk) over the base run's hidden states ``runs.hidden``."""
+    """(metric of every patched copy, the example each copy is, the patch of the chunk it carries, the copies
+    times the layers each ran): patch j's copies of its examples, stacked, run from position ``start`` on over
+    ``cache`` and from decoder layer ``firsts[j]`` up (non-decreasing along the chunk) over the base run's
+    hidden states ``runs.hidden``."""
     n = len(batch)
     everyone = torch.arange(n, device=runs.base_ids.device)
     examples = [everyone if p.examples is None else torch.tensor(p.examples, device=everyone.device) for p in chunk]
@@ -277,7 +290,7 @@ def _patched_metric(model, splice, batch, metric, runs: Runs, cache, chunk: list
         logits = run(model, runs.base_ids[ex][:, start:], edit, subs, logits_to_keep=logits_kept(metric),
                      forward_kwargs=kwargs, skip=skip)
         m = check_metric(metric(logits, rows_batch), len(ex), "patched")
-    return m, ex, owner
+    return m, ex, owner, int((model.n_layers - joins).sum())
 
 
 def _tiled(cache, ex: torch.Tensor, active: dict[int, int], per_layer: bool):

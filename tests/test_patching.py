@@ -94,8 +94,8 @@ def test_each_copy_runs_only_the_layers_from_its_patch_up(reuse_prefix):
         for hook in hooks:
             hook.remove()
     firsts = [max(model.submodule(p.submodule).layer, 0) for p in patches]
-    prefix_rows = len(batch) if reuse_prefix else 0  # the prefix cache's own forward runs every layer
-    assert seen == [prefix_rows + len(batch) * sum(f <= layer for f in firsts) for layer in range(model.n_layers)]
+    # the prefix is cut from the base run's cache, recorded by the first call with its hidden states
+    assert seen == [len(batch) * sum(f <= layer for f in firsts) for layer in range(model.n_layers)]
     assert got.row_layers == len(batch) * sum(model.n_layers - f for f in firsts)
     assert got.forwards == 1 and got.rows == len(batch) * len(patches)
     full = patch_effects(model, splice, batch, cfg.with_(reuse_layers=False), patches, runs=runs)
@@ -103,10 +103,11 @@ def test_each_copy_runs_only_the_layers_from_its_patch_up(reuse_prefix):
     assert torch.allclose(got.effects, full.effects, atol=1e-5 * float(runs.metric_base.abs().max()), rtol=0)
 
 
-@pytest.mark.parametrize("family, config, forwards", [("llama", {}, 1), ("gemma2", {"sliding_window": 3}, 4)])
+@pytest.mark.parametrize("family, config, forwards", [("llama", {}, 0), ("gemma2", {"sliding_window": 3}, 3)])
 def test_prefix_caches_are_cut_from_one_run_where_the_cache_allows(family, config, forwards, monkeypatch):
-    """Patches at three positions: one cache of the whole base run serves all three prefixes, unless sliding-window
-    layers have dropped the early positions (that cache is found unusable, then one prefix forward per position)."""
+    """Patches at three positions: the cache of the base run that records its hidden states serves all three
+    prefixes (no prefix forward), unless sliding-window layers have dropped the early positions (then one prefix
+    forward per position)."""
     import featurecircuits.patching as patching
 
     model = tiny_model(family, layers=3, **config)
